@@ -1,0 +1,37 @@
+# Two commands on a fresh machine: `make demo` and `make test`. Both run `setup` first.
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+PYTEST := $(PY) -m pytest
+export PYTHONUNBUFFERED := 1
+export RAY_AUTH_MODE ?= disabled
+export RAY_USAGE_STATS_ENABLED := 0
+
+.PHONY: setup demo test test-fast bench lint clean
+
+setup: $(STAMP)
+
+# One resolver pass for the whole stack keeps s3fs/aiobotocore/botocore consistent.
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install --progress-bar off -e '.[dev]'
+	touch $(STAMP)
+
+demo: setup
+	$(PY) -m auralflow_dist demo --workdir demo_output
+
+test: setup
+	$(PYTEST)
+
+test-fast: setup
+	$(PYTEST) -m "not slow"
+
+bench: setup
+	$(PY) -m bench
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+clean:
+	rm -rf demo_output .pytest_cache

@@ -1,0 +1,167 @@
+"""Audio files in and out through soundfile over fsspec, so S3 reads fetch only the frames asked for.
+
+Waveforms are ``(channels, frames)``; integer PCM is decoded by soundfile to float in [-1, 1].
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import soundfile as sf
+import torch
+
+from auralflow_dist import storage
+from auralflow_dist.errors import AudioError, ConfigError, StorageError
+
+# Extensions users have; everything else must name its format explicitly.
+_FORMAT_BY_EXTENSION = {".wav": "WAV", ".flac": "FLAC", ".ogg": "OGG", ".mp3": "MP3"}
+_FLOAT_SUBTYPES = {"FLOAT", "DOUBLE"}
+
+Array = np.ndarray | torch.Tensor
+
+
+@dataclass(frozen=True)
+class AudioInfo:
+    frames: int
+    sample_rate: int
+    channels: int
+    format: str
+    subtype: str | None
+
+    @property
+    def duration(self) -> float:
+        """Seconds of audio."""
+        return self.frames / self.sample_rate
+
+
+@contextlib.contextmanager
+def _open(url: str) -> Iterator[sf.SoundFile]:
+    """A SoundFile on the URL's file object; every failure becomes one AudioError naming the URL."""
+    try:
+        with storage.open_file(url, "rb") as f:
+            # Seeking to the end costs no read, and names the problem better than libsndfile.
+            if f.seek(0, os.SEEK_END) == 0:
+                raise AudioError(f"{url}: is empty (0 bytes)")
+            f.seek(0)
+            with sf.SoundFile(f) as snd:
+                yield snd
+    except StorageError as err:
+        raise AudioError(str(err)) from err
+    except sf.LibsndfileError as err:
+        # str(err) names the file object, not the URL; the libsndfile reason is what helps.
+        raise AudioError(f"{url}: not readable as audio ({err.error_string})") from err
+    except (sf.SoundFileError, OSError) as err:
+        raise AudioError(f"{url}: {err}") from err
+
+
+def info(url: str) -> AudioInfo:
+    """Length, rate and format from the header alone (no samples are decoded)."""
+    with _open(url) as snd:
+        return AudioInfo(snd.frames, snd.samplerate, snd.channels, snd.format, snd.subtype)
+
+
+def read(
+    url: str,
+    offset: int = 0,
+    frames: int = -1,
+    dtype: str = "float32",
+    always_2d: bool = True,
+    fill_value: float | None = None,
+) -> tuple[np.ndarray, int]:
+    """Frames ``[offset, offset + frames)`` of ``url`` as ``((channels, frames), sample_rate)``.
+
+    Only that range is decoded (and on object stores, only its bytes fetched). ``frames=-1`` reads to
+    the end; a range past the end is cut short unless ``fill_value`` pads it to ``frames``. Mono comes
+    back as ``(frames,)`` when ``always_2d`` is False. Non-finite samples are returned as they are:
+    see `sanitize`.
+    """
+    with _open(url) as snd:
+        if snd.frames == 0:
+            raise AudioError(f"{url}: contains no audio frames")
+        if not 0 <= offset < snd.frames:
+            raise AudioError(f"{url}: offset {offset} is outside the file ({snd.frames} frames)")
+        snd.seek(offset)
+        data = snd.read(frames, dtype=dtype, always_2d=always_2d, fill_value=fill_value)
+        return np.ascontiguousarray(data.T), snd.samplerate
+
+
+def sanitize(audio: np.ndarray, url: str, nan: Literal["error", "zero"] = "error") -> np.ndarray:
+    """Reject (``"error"``) or zero (``"zero"``) NaN/inf samples, which float files can hold."""
+    finite = np.isfinite(audio)
+    if finite.all():
+        return audio
+    if nan == "zero":
+        return np.where(finite, audio, 0).astype(audio.dtype, copy=False)
+    raise AudioError(f"{url}: {audio.size - int(finite.sum())} samples are NaN or infinite")
+
+
+def _format_for(url: str, format: str | None) -> str:
+    if format is not None:
+        return format.upper()
+    ext = os.path.splitext(url.rstrip("/"))[1].lower()
+    if ext not in _FORMAT_BY_EXTENSION:
+        raise AudioError(
+            f"{url}: cannot infer the audio format from the extension "
+            f"(use one of {', '.join(_FORMAT_BY_EXTENSION)} or pass format=)"
+        )
+    return _FORMAT_BY_EXTENSION[ext]
+
+
+def write(
+    url: str,
+    audio: Array,
+    sample_rate: int,
+    format: str | None = None,
+    subtype: str | None = None,
+    clip: Literal["error", "limit", "clip"] = "limit",
+) -> float:
+    """Encode ``audio`` ``(channels, frames)`` (or ``(frames,)``) and write it to ``url`` atomically.
+
+    ``format`` defaults to the one named by the extension, ``subtype`` to the format's default
+    (WAV/FLAC: PCM_16, OGG: VORBIS, MP3: MPEG_LAYER_III). Separated stems can peak slightly above
+    1.0, which a non-float subtype cannot hold; ``clip`` decides: ``"limit"`` scales the whole
+    signal so its peak is 1.0, ``"clip"`` clips the overshooting samples, ``"error"`` raises.
+    Float subtypes store any value. Returns the gain applied (1.0 when the samples are untouched).
+    """
+    if clip not in ("error", "limit", "clip"):
+        raise ConfigError("clip", f"must be 'error', 'limit' or 'clip', not {clip!r}")
+    if isinstance(audio, torch.Tensor):
+        audio = audio.detach().to("cpu", torch.float32).numpy()
+    audio = np.asarray(audio, dtype=np.float32)
+    if audio.ndim == 1:
+        audio = audio[None]
+    if audio.ndim != 2 or audio.shape[1] == 0:
+        raise AudioError(f"{url}: expected (channels, frames) audio, got shape {audio.shape}")
+    if not np.isfinite(audio).all():
+        raise AudioError(f"{url}: cannot write NaN or infinite samples")
+    fmt = _format_for(url, format)
+    if fmt not in sf.available_formats():
+        raise AudioError(f"{url}: unknown audio format {fmt}")
+    subtype = (subtype or sf.default_subtype(fmt) or "").upper()
+    if not sf.check_format(fmt, subtype):
+        raise AudioError(f"{url}: format {fmt} with subtype {subtype or None} is not supported")
+
+    gain = 1.0
+    peak = float(np.abs(audio).max())
+    if peak > 1.0 and subtype not in _FLOAT_SUBTYPES:
+        if clip == "error":
+            raise AudioError(f"{url}: peak {peak:.4f} exceeds 1.0 and {subtype} cannot store it")
+        if clip == "limit":
+            gain = 1.0 / peak
+            audio = audio * np.float32(gain)
+        else:
+            audio = np.clip(audio, -1.0, 1.0)
+
+    buf = io.BytesIO()
+    try:
+        sf.write(buf, audio.T, sample_rate, format=fmt, subtype=subtype)
+    except (sf.SoundFileError, ValueError) as err:
+        raise AudioError(f"{url}: cannot encode as {fmt}/{subtype} ({err})") from err
+    storage.write_bytes(url, buf.getvalue())
+    return gain

@@ -1,0 +1,1 @@
+"""Datasets: manifest scan, Ray Data pipeline, augmentation, and a generator of small multitrack sets."""

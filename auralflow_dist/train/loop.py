@@ -1,0 +1,186 @@
+"""The per-worker training loop that Ray Train runs on every rank.
+
+Every rank trains on its own shard of freshly cut chunks, validates on the same fixed chunks,
+and all-reduces the validation sums, so the LR schedule and early stopping decide identically
+everywhere. Rank 0 writes the checkpoint, images and the ``best/`` export; every rank calls
+``ray.train.report`` once per epoch (it is a barrier).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+import time
+from dataclasses import asdict
+from typing import Any
+
+import ray
+import ray.train
+import ray.train.torch
+import torch
+import torch.distributed as dist
+
+from auralflow_dist import storage
+from auralflow_dist.config import ModelConfig, TrainerConfig, from_dict
+from auralflow_dist.data.pipeline import get_epoch_clock, iter_batches
+from auralflow_dist.metrics import si_sdr
+from auralflow_dist.models import registry
+from auralflow_dist.models.mask_model import SpectrogramMaskModel
+from auralflow_dist.train import state as ckpt_state
+from auralflow_dist.train.reporting import EpochReporter
+
+
+def _all_reduce(values: list[float], device: torch.device) -> list[float]:
+    """Sum over ranks (identity on a single worker)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return values
+    tensor = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(tensor)
+    return tensor.tolist()
+
+
+def _barrier() -> None:
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.barrier()
+
+
+def _train_epoch(model: SpectrogramMaskModel, shard: Any, trainer: TrainerConfig,
+                 reporter: EpochReporter | None, loop: ckpt_state.LoopState) -> dict[str, float]:
+    model.train()
+    device = model.device
+    loss_sum, batches, samples, wait, nonfinite = 0.0, 0, 0, 0.0, 0
+    start = tick = time.perf_counter()
+    for mixture, target in iter_batches(shard, trainer, device):
+        wait += time.perf_counter() - tick
+        model.set_data(mixture, target)
+        model.forward()
+        loss = model.compute_loss()
+        if not math.isfinite(loss):
+            nonfinite += 1
+            model.optimizer.zero_grad(set_to_none=True)
+            break  # every rank learns of it at the all-reduce below
+        model.backward()
+        grad_norm = model.optimizer_step()
+        loss_sum += loss
+        batches += 1
+        samples += mixture.shape[0]
+        loop.global_step += 1
+        if reporter is not None:
+            reporter.step(loop.global_step, loss, grad_norm)
+        tick = time.perf_counter()
+    elapsed = time.perf_counter() - start
+    loss_sum, batches, samples, wait_sum, time_sum, nonfinite = _all_reduce(
+        [loss_sum, batches, samples, wait, elapsed, nonfinite], device)
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    return {
+        "train_loss": loss_sum / max(batches, 1),
+        "train_batches": batches,
+        "samples_per_s": samples / max(time_sum / world, 1e-9),
+        "data_wait_share": wait_sum / max(time_sum, 1e-9),
+        "nonfinite": nonfinite,
+    }
+
+
+def _validate(model: SpectrogramMaskModel, shard: Any, trainer: TrainerConfig) -> tuple[dict[str, float], tuple]:
+    """Loss and SI-SDR (estimate and mixture) on the fixed validation chunks."""
+    model.eval()
+    loss_sum = est_sum = mix_sum = 0.0
+    count = 0
+    example = None
+    with torch.no_grad():
+        for mixture, target in iter_batches(shard, trainer, model.device, shuffle=False):
+            model.set_data(mixture, target)
+            model.forward()
+            n = mixture.shape[0]
+            loss_sum += model.compute_loss() * n
+            estimate = model.estimate()
+            est_sum += float(si_sdr(estimate, model.target).mean(dim=-1).sum())
+            mix_sum += float(si_sdr(model.mixture, model.target).mean(dim=-1).sum())
+            count += n
+            if example is None:
+                example = (model.mixture[0].cpu(), model.target[0].cpu(), estimate[0].cpu(),
+                           model.mix_spec[0].abs().cpu(), model.estimate_spec[0].cpu(),
+                           model.stft(model.target[:1])[0].abs().cpu())
+    # Every rank validates the same chunks; the sum keeps the decision identical regardless.
+    loss_sum, est_sum, mix_sum, count = _all_reduce([loss_sum, est_sum, mix_sum, count],
+                                                    model.device)
+    count = max(count, 1)
+    metrics = {"val_loss": loss_sum / count, "val_si_sdr": est_sum / count,
+               "val_si_sdr_mixture": mix_sum / count}
+    metrics["val_si_sdri"] = metrics["val_si_sdr"] - metrics["val_si_sdr_mixture"]
+    return metrics, example
+
+
+def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
+    model_config = from_dict(ModelConfig, loop_config["model"])
+    trainer = from_dict(TrainerConfig, loop_config["trainer"])
+    session: str = loop_config["session"]
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()
+    torch.manual_seed(trainer.seed + rank)
+
+    model = SpectrogramMaskModel(model_config, trainer, device=device)
+    loop = ckpt_state.LoopState()
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as directory:
+            loop = ckpt_state.load(directory, model)
+    if world > 1:
+        model.model = ray.train.torch.prepare_model(model.model, move_to_device=False)
+    clock = get_epoch_clock(loop_config["clock"])
+    reporter = EpochReporter(session, model_config, trainer) if rank == 0 else None
+    if rank == 0:
+        print(f"[train] {world} worker(s) on {device}; batch {trainer.batch_size} per worker, "
+              f"{trainer.batch_size * world} global; starting at epoch {loop.epoch + 1}",
+              flush=True)
+
+    train_shard = ray.train.get_dataset_shard("train")
+    val_shard = ray.train.get_dataset_shard("val")
+    while loop.epoch < trainer.max_epochs:
+        epoch = loop.epoch + 1
+        if rank == 0:
+            ray.get(clock.set.remote(epoch))
+        _barrier()
+        metrics = _train_epoch(model, train_shard, trainer, reporter, loop)
+        diverged = metrics.pop("nonfinite") > 0
+        val, example = ({}, None) if diverged else _validate(model, val_shard, trainer)
+        metrics.update(val)
+        metrics.update(epoch=epoch, global_step=loop.global_step, diverged=diverged,
+                       lr=model.optimizer.param_groups[0]["lr"])
+        if diverged:
+            # Stop without a checkpoint: the last good one stays the latest.
+            ray.train.report(metrics)
+            return
+        stop = model.scheduler_step(metrics["val_loss"])
+        improved = metrics["val_loss"] < loop.best_val_loss
+        if improved:
+            loop.best_val_loss, loop.best_epoch = metrics["val_loss"], epoch
+        loop.epoch = epoch
+        metrics.update(best_val_loss=loop.best_val_loss, best_epoch=loop.best_epoch,
+                       stopped_early=stop)
+        loop.history.append({k: v for k, v in metrics.items() if isinstance(v, int | float)})
+        with tempfile.TemporaryDirectory() as tmp:
+            report_checkpoint = None
+            if rank == 0:
+                ckpt_state.save(tmp, model, loop)
+                if improved:
+                    registry.save_checkpoint(storage.join(session, "best"), model_config,
+                                             model.model)
+                reporter.epoch(loop, metrics, model, example)
+                report_checkpoint = ray.train.Checkpoint.from_directory(tmp)
+            ray.train.report(metrics, checkpoint=report_checkpoint,
+                             checkpoint_dir_name=f"checkpoint_epoch_{epoch:04d}")
+        if stop:
+            break
+    if reporter is not None:
+        reporter.close()
+
+
+def loop_state_dict(loop: ckpt_state.LoopState) -> dict[str, Any]:
+    return asdict(loop)
+
+
+__all__ = ["train_loop_per_worker"]
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -1,0 +1,153 @@
+"""Rank 0's view of training: the progress line, images, loss curve and TensorBoard logs.
+
+Everything lands in the session folder (local or ``s3://``): ``loss_curve.png`` and
+``history.csv`` every epoch, ``spectrogram/`` and ``waveform/`` PNGs every ``image_freq`` epochs,
+and with ``--tensorboard`` the event files under ``runs/`` (written locally, then copied up).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import shutil
+import tempfile
+from typing import Any
+
+import numpy as np
+import torch
+
+from auralflow_dist import storage, visualize
+from auralflow_dist.config import ModelConfig, TrainerConfig
+from auralflow_dist.models.mask_model import SpectrogramMaskModel
+from auralflow_dist.train.state import LoopState
+
+
+class EpochReporter:
+    def __init__(self, session: str, model_config: ModelConfig, trainer: TrainerConfig) -> None:
+        self.session = session
+        self.model_config = model_config
+        self.trainer = trainer
+        self.writer = None
+        self._tb_dir: str | None = None
+        if trainer.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb_dir = tempfile.mkdtemp(prefix="auralflow-tb-")
+            self.writer = SummaryWriter(self._tb_dir)
+
+    def step(self, global_step: int, loss: float, grad_norm: float | None) -> None:
+        if self.writer is None:
+            return
+        if self.trainer.view_iter:
+            self.writer.add_scalar("loss/iteration", loss, global_step)
+        if self.trainer.view_norm and grad_norm is not None:
+            self.writer.add_scalar("grad_norm/total", grad_norm, global_step)
+
+    def epoch(self, loop: LoopState, metrics: dict[str, Any], model: SpectrogramMaskModel,
+              example: tuple | None) -> None:
+        self._print(metrics)
+        self._write_history(loop)
+        storage.write_bytes(storage.join(self.session, "loss_curve.png"),
+                            visualize.loss_curve(loop.history, title=self.model_config.model_type))
+        epoch = metrics["epoch"]
+        image_epoch = epoch % self.trainer.image_freq == 0 or epoch == 1
+        if example is not None and image_epoch:
+            self._images(epoch, example)
+        if self.writer is not None:
+            self._tensorboard(epoch, metrics, model, example, image_epoch)
+
+    def _print(self, m: dict[str, Any]) -> None:
+        if self.trainer.silent:
+            return
+        print(f"[train] epoch {m['epoch']:>3}/{self.trainer.max_epochs}  "
+              f"loss {m['train_loss']:.4f}  val {m['val_loss']:.4f}  "
+              f"val SI-SDR {m['val_si_sdr']:+.2f} dB (mixture {m['val_si_sdr_mixture']:+.2f})  "
+              f"{m['samples_per_s']:.1f} samples/s  data wait {100 * m['data_wait_share']:.0f}%  "
+              f"lr {m['lr']:.2e}", flush=True)
+
+    def _write_history(self, loop: LoopState) -> None:
+        keys = list(dict.fromkeys(k for row in loop.history for k in row))
+        text = io.StringIO()
+        writer = csv.DictWriter(text, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(loop.history)
+        storage.write_bytes(storage.join(self.session, "history.csv"), text.getvalue().encode())
+
+    def _images(self, epoch: int, example: tuple) -> None:
+        mixture, target, estimate, mix_mag, est_mag, target_mag = example
+        c = self.model_config
+        name = f"{c.target}_epoch_{epoch:04d}.png"
+        spec_png = visualize.spectrograms(
+            {"mixture": mix_mag[0].numpy(), f"estimate ({c.target})": est_mag[0].numpy(),
+             f"true {c.target}": target_mag[0].numpy()},
+            c.sample_rate, c.hop_length, title=f"epoch {epoch}")
+        storage.write_bytes(storage.join(self.session, "spectrogram", name), spec_png)
+        wave_png = visualize.waveforms(
+            {"mixture": mixture[0].numpy(), "estimate": estimate[0].numpy(),
+             "target": target[0].numpy(), "residual": (mixture - estimate)[0].numpy()},
+            c.sample_rate, title=f"epoch {epoch}")
+        storage.write_bytes(storage.join(self.session, "waveform", name), wave_png)
+
+    def _tensorboard(self, epoch: int, metrics: dict[str, Any], model: SpectrogramMaskModel,
+                     example: tuple | None, image_epoch: bool) -> None:
+        t, w = self.trainer, self.writer
+        if t.view_epoch:
+            w.add_scalars("loss/epoch", {"train": metrics["train_loss"],
+                                         "validation": metrics["val_loss"]}, epoch)
+            w.add_scalar("val/si_sdr", metrics["val_si_sdr"], epoch)
+            w.add_scalar("val/si_sdri", metrics["val_si_sdri"], epoch)
+        params = list(model.model.named_parameters())
+        for name, p in params:
+            if t.view_weights:
+                w.add_histogram(f"weights/{name}", p.detach().float().cpu(), epoch)
+            if t.view_norm:
+                w.add_scalar(f"weight_norm/{name}", float(p.detach().norm()), epoch)
+            if t.view_grad and p.grad is not None:
+                w.add_histogram(f"grads/{name}", p.grad.detach().float().cpu(), epoch)
+        if example is not None and image_epoch:
+            mixture, target, estimate, mix_mag, est_mag, _ = example
+            rate = self.model_config.sample_rate
+            if t.play_estimate:
+                w.add_audio("audio/estimate", _mono(estimate), epoch, sample_rate=rate)
+            if t.play_residual:
+                w.add_audio("audio/residual", _mono(mixture - estimate), epoch, sample_rate=rate)
+            if t.view_spec:
+                w.add_image("spectrogram/estimate", _spec_image(est_mag), epoch, dataformats="HW")
+                w.add_image("spectrogram/mixture", _spec_image(mix_mag), epoch, dataformats="HW")
+            if t.view_wav:
+                png = visualize.waveforms({"estimate": estimate[0].numpy(),
+                                           "target": target[0].numpy()}, rate)
+                w.add_image("waveform", _decode_png(png), epoch, dataformats="HWC")
+        w.flush()
+        self._sync_tensorboard()
+
+    def _sync_tensorboard(self) -> None:
+        for root, _, files in os.walk(self._tb_dir):
+            for name in files:
+                path = os.path.join(root, name)
+                rel = os.path.relpath(path, self._tb_dir)
+                with open(path, "rb") as f:
+                    storage.write_bytes(storage.join(self.session, "runs", rel), f.read())
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self._sync_tensorboard()
+            shutil.rmtree(self._tb_dir, ignore_errors=True)
+
+
+def _mono(audio: torch.Tensor) -> torch.Tensor:
+    return audio.mean(dim=0).clamp(-1, 1)
+
+
+def _spec_image(mag: torch.Tensor) -> np.ndarray:
+    db = 20 * torch.log10(mag[0].clamp_min(1e-5))
+    db = (db - db.max() + 80).clamp_min(0) / 80
+    return db.flip(0).numpy()
+
+
+def _decode_png(png: bytes) -> np.ndarray:
+    import matplotlib.image
+
+    return matplotlib.image.imread(io.BytesIO(png), format="png")[..., :3]

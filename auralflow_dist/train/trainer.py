@@ -1,0 +1,130 @@
+"""Build and run the Ray Train ``TorchTrainer`` for a session folder.
+
+Checkpoints go to ``<session>/checkpoints/<run>/``; a resumed run reuses ``<run>`` (Ray Train V2
+resumes a run started again under the same name), a fresh run gets a new one, so an old run's
+checkpoints are never overwritten or deleted.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import ray
+import ray.train
+from ray.train.torch import TorchTrainer
+
+from auralflow_dist import storage
+from auralflow_dist.config import ModelConfig, TrainerConfig
+from auralflow_dist.data import pipeline
+from auralflow_dist.data.manifest import load_or_scan
+from auralflow_dist.errors import AuralflowError
+from auralflow_dist.session import write_trainer_config
+from auralflow_dist.train.loop import train_loop_per_worker
+
+RUN_FILE = "train_run.json"
+
+
+@dataclass
+class TrainResult:
+    session: str
+    run: str
+    epochs: int
+    best_epoch: int
+    best_val_loss: float
+    metrics: dict[str, Any]
+    checkpoint: str | None
+
+    def summary(self) -> str:
+        m = self.metrics
+        return (f"trained {self.epochs} epoch(s); best epoch {self.best_epoch} "
+                f"(val loss {self.best_val_loss:.4f}); last val SI-SDR "
+                f"{m.get('val_si_sdr', float('nan')):+.2f} dB vs mixture "
+                f"{m.get('val_si_sdr_mixture', float('nan')):+.2f} dB; "
+                f"best model in {storage.join(self.session, 'best')}")
+
+
+def _run_name(session: str, resume: bool) -> str:
+    url = storage.join(session, RUN_FILE)
+    if resume and storage.exists(url):
+        return json.loads(storage.read_bytes(url))["run"]
+    name = time.strftime("run_%Y%m%d_%H%M%S")
+    storage.write_bytes(url, json.dumps({"run": name}).encode())
+    return name
+
+
+def _run_config(session: str, run: str, trainer: TrainerConfig) -> ray.train.RunConfig:
+    fs, path = storage.to_pyarrow_fs(storage.join(trainer.storage or session, "checkpoints"))
+    return ray.train.RunConfig(
+        name=run,
+        storage_path=path,
+        storage_filesystem=fs,
+        failure_config=ray.train.FailureConfig(max_failures=trainer.max_failures),
+        checkpoint_config=ray.train.CheckpointConfig(
+            num_to_keep=trainer.keep_checkpoints,
+            checkpoint_score_attribute="val_loss",
+            checkpoint_score_order="min",
+        ),
+    )
+
+
+def _scaling(trainer: TrainerConfig) -> ray.train.ScalingConfig:
+    workers: int | tuple[int, int] = (
+        trainer.workers_max if trainer.workers_min == trainer.workers_max
+        else (trainer.workers_min, trainer.workers_max)
+    )
+    resources = {"CPU": trainer.cpus_per_worker}
+    if trainer.gpus_per_worker > 0:
+        resources["GPU"] = trainer.gpus_per_worker
+    return ray.train.ScalingConfig(num_workers=workers, use_gpu=trainer.gpus_per_worker > 0,
+                                   resources_per_worker=resources)
+
+
+def train(session: str, dataset_url: str, model_config: ModelConfig, trainer: TrainerConfig,
+          resume: bool = False) -> TrainResult:
+    """Train ``model_config`` on ``dataset_url`` (a dataset root or a manifest) into ``session``."""
+    table = load_or_scan(dataset_url)
+    write_trainer_config(session, trainer)
+    run = _run_name(session, resume)
+    clock_name = f"auralflow-epoch-{abs(hash((session, run)))}"
+    clock = pipeline.create_epoch_clock(clock_name)
+    datasets = {
+        "train": pipeline.build_train_dataset(table, model_config, trainer, clock_name),
+        "val": pipeline.build_val_dataset(table, model_config, trainer),
+    }
+    loop_config = {"model": asdict(model_config), "trainer": asdict(trainer), "session": session,
+                   "clock": clock_name}
+    torch_trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=loop_config,
+        scaling_config=_scaling(trainer),
+        run_config=_run_config(session, run, trainer),
+        datasets=datasets,
+        dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
+    )
+    try:
+        result = torch_trainer.fit()
+    except ray.train.TrainingFailedError as err:
+        raise AuralflowError(f"training failed: {_root_cause(err)}") from None
+    finally:
+        ray.kill(clock)
+    metrics = dict(result.metrics or {})
+    if metrics.get("diverged"):
+        raise AuralflowError(
+            f"training stopped at epoch {metrics.get('epoch')}: the loss became NaN/inf "
+            f"(try a lower --lr or --clip-grad); the last good checkpoint is intact in "
+            f"{storage.join(session, 'checkpoints', run)}")
+    return TrainResult(
+        session=session, run=run, epochs=int(metrics.get("epoch", 0)),
+        best_epoch=int(metrics.get("best_epoch", 0)),
+        best_val_loss=float(metrics.get("best_val_loss", float("nan"))), metrics=metrics,
+        checkpoint=result.checkpoint.path if result.checkpoint else None,
+    )
+
+
+def _root_cause(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    tail = [line for line in text if line.strip()][-1:] or [type(err).__name__]
+    return tail[0][:500]

@@ -1,0 +1,1 @@
+"""Benchmarks printing ratios against a reference run in the same process."""

@@ -1,0 +1,185 @@
+import numpy as np
+import pytest
+import torch
+
+from auralflow_dist.config import ModelConfig, TrainerConfig, from_dict
+from auralflow_dist.errors import CheckpointError, ConfigError
+from auralflow_dist.models import registry
+from auralflow_dist.models.mask_model import SpectrogramMaskModel, resolve_model_dir
+
+SMALL = {"hidden_channels": 4, "sample_rate": 8000, "sample_length": 0.5, "num_fft": 256,
+         "window_size": 256, "hop_length": 128, "hidden_size": 16, "recurrent_depth": 1}
+
+
+def small(model_type="SpectrogramNetSimple", **kw) -> ModelConfig:
+    return from_dict(ModelConfig, {**SMALL, "model_type": model_type, **kw})
+
+
+def trainer(**kw) -> TrainerConfig:
+    return from_dict(TrainerConfig, {"lr": 1e-3, **kw})
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+@pytest.mark.parametrize("model_type", ["SpectrogramNetSimple", "SpectrogramNetLSTM",
+                                        "SpectrogramNetVAE", "MaskInference"])
+def test_train_step_updates_weights_and_loss_is_finite(model_type):
+    crit = "kl_div" if model_type == "SpectrogramNetVAE" else "si_sdr"
+    m = SpectrogramMaskModel(small(model_type), trainer(criterion=crit), device="cpu")
+    mix, tgt = torch.randn(2, 1, 4000) * 0.1, torch.randn(2, 1, 4000) * 0.05
+    before = [p.detach().clone() for p in m.model.parameters()]
+    m.train()
+    m.set_data(mix, tgt)
+    m.forward()
+    loss = m.compute_loss()
+    m.backward()
+    m.optimizer_step()
+    assert np.isfinite(loss)
+    assert any(not torch.equal(a, b) for a, b in zip(before, m.model.parameters(), strict=True))
+    assert m.estimate_spec.shape == m.mix_spec.shape
+
+
+def test_mask_applies_to_magnitude_with_mixture_phase():
+    m = SpectrogramMaskModel(small(), device="cpu")
+    m.eval()
+    mix = torch.randn(1, 1, 4000)
+    m.set_data(mix)
+    with torch.no_grad():
+        m.forward()
+        est = m.estimate()
+    spec = m.stft(est)
+    # Where the mask is non-zero, the estimate's phase is the mixture's.
+    keep = (m.mask > 0.05) & (m.mix_spec.abs() > 1e-3)
+    diff = torch.angle(spec[keep] * m.mix_spec[keep].conj())
+    assert diff.abs().median() < 0.05
+
+
+def test_lstm_parameters_use_lr_lstm():
+    m = SpectrogramMaskModel(small("SpectrogramNetLSTM"), trainer(lr=1e-3, lr_lstm=1e-5), device="cpu")
+    lrs = {g["name"]: g["lr"] for g in m.optimizer.param_groups}
+    assert lrs == {"main": 1e-3, "recurrent": 1e-5}
+    recurrent = {id(p) for g in m.optimizer.param_groups if g["name"] == "recurrent" for p in g["params"]}
+    lstm = registry.unwrap(m.model).bottleneck.lstm
+    assert all(id(p) in recurrent for p in lstm.parameters())
+
+
+def test_kl_div_needs_a_vae():
+    with pytest.raises(ConfigError, match="kl_div"):
+        SpectrogramMaskModel(small(), trainer(criterion="kl_div"), device="cpu")
+
+
+def test_scheduler_step_stops_after_max_plateaus():
+    m = SpectrogramMaskModel(small(), trainer(stop_patience=1, max_plateaus=2, min_delta=0.01),
+                             device="cpu")
+    assert not m.scheduler_step(1.0)  # improvement
+    decisions = [m.scheduler_step(1.0) for _ in range(4)]
+    assert decisions == [False, False, False, True]
+    assert m.optimizer.param_groups[0]["lr"] < 1e-3  # the LR was reduced on the plateau
+
+
+@pytest.mark.parametrize("length", [1, 100, 4000, 4001, 13_337])
+@pytest.mark.parametrize("channels", [1, 2])
+def test_separate_any_length_keeps_shape(length, channels):
+    m = SpectrogramMaskModel(small(), device="cpu")
+    audio = torch.randn(channels, length) * 0.1
+    out = m.separate(audio)
+    assert out.shape == audio.shape and torch.isfinite(out).all()
+
+
+def test_separate_is_deterministic_and_overlap_add_has_no_seams():
+    """With an all-pass mask the separated output equals the input: windows and OLA are exact."""
+    m = SpectrogramMaskModel(small(), device="cpu")
+    net = registry.unwrap(m.model)
+
+    class AllPass(torch.nn.Module):
+        def forward(self, x):
+            return torch.ones_like(x)
+
+    m.model = AllPass()
+    audio = torch.randn(2, 30_001) * 0.1
+    out = m.separate(audio, padding=200)
+    assert torch.allclose(out, audio, atol=1e-4)
+    m.model = net
+    a, b = m.separate(audio), m.separate(audio)
+    assert torch.equal(a, b)
+
+
+def test_separate_integer_pcm_duration_and_resampling():
+    m = SpectrogramMaskModel(small(), device="cpu")
+    pcm = (np.random.default_rng(0).standard_normal((2, 16000)) * 3000).astype(np.int16)
+    out = m.separate(pcm, sample_rate=16000, duration=0.75)
+    assert out.shape == (2, 12000)
+    assert out.abs().max() < 1.5  # scaled from int16 to [-1, 1] before the network
+
+
+def test_separate_batched_input():
+    m = SpectrogramMaskModel(small(num_channels=2), device="cpu")
+    audio = torch.randn(3, 2, 5000) * 0.1
+    out = m.separate(audio, batch_size=2)
+    assert out.shape == audio.shape
+    assert torch.allclose(out[1], m.separate(audio[1]), atol=1e-5)
+
+
+def test_save_and_load_round_trip_with_weights_only(tmp_path):
+    m = SpectrogramMaskModel(small("SpectrogramNetLSTM"), trainer(use_amp=False), device="cpu",
+                             checkpoint_dir=str(tmp_path))
+    m.set_data(torch.randn(2, 1, 4000), torch.randn(2, 1, 4000))
+    m.train()
+    m.forward()
+    m.compute_loss()
+    m.backward()
+    m.optimizer_step()
+    m.save(global_step=3)
+    ckpt = tmp_path / "checkpoint_000003"
+    assert {p.name for p in ckpt.iterdir()} >= {"model.json", "weights.pt", "optimizer.pt",
+                                                 "scheduler.pt", "grad_scaler.pt"}
+    other = SpectrogramMaskModel(small("SpectrogramNetLSTM"), trainer(), device="cpu",
+                                 checkpoint_dir=str(tmp_path))
+    other.load(global_step=3)
+    for a, b in zip(m.model.state_dict().values(), other.model.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    assert other.optimizer.state_dict()["state"].keys() == m.optimizer.state_dict()["state"].keys()
+    loaded = SpectrogramMaskModel.from_checkpoint(str(ckpt), device="cpu")
+    x = torch.randn(1, 4000)
+    assert torch.allclose(loaded.separate(x), m.separate(x))
+
+
+def test_checkpoint_with_pickled_code_is_refused(tmp_path):
+    m = SpectrogramMaskModel(small(), device="cpu")
+    registry.save_checkpoint(str(tmp_path), m.config, m.model)
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    torch.save({"x": Evil()}, tmp_path / "weights.pt")
+    with pytest.raises(CheckpointError, match="weights.pt"):
+        registry.load_network(str(tmp_path))
+
+
+def test_mismatched_weights_are_a_clear_error(tmp_path):
+    m = SpectrogramMaskModel(small(), device="cpu")
+    registry.save_checkpoint(str(tmp_path), small(hidden_channels=8), m.model)
+    with pytest.raises(CheckpointError, match="do not match"):
+        registry.load_network(str(tmp_path))
+
+
+def test_download_checks_sha256(tmp_path):
+    m = SpectrogramMaskModel(small(), device="cpu")
+    src = tmp_path / "src"
+    registry.save_checkpoint(str(src), m.config, m.model)
+    digest = registry.sha256_of(str(src / "weights.pt"))
+    dest = registry.download(f"file://{src}", str(tmp_path / "dst"), sha256=digest)
+    assert registry.load_network(dest)[0] == m.config
+    with pytest.raises(CheckpointError, match="SHA-256"):
+        registry.download(str(src), str(tmp_path / "bad"), sha256="0" * 64)
+    assert not (tmp_path / "bad").exists()
+
+
+def test_resolve_model_dir_prefers_best(tmp_path):
+    m = SpectrogramMaskModel(small(), device="cpu")
+    registry.save_checkpoint(str(tmp_path / "best"), m.config, m.model)
+    assert resolve_model_dir(str(tmp_path)).endswith("best")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from collections.abc import Callable, Sequence
 
@@ -28,6 +29,31 @@ MODEL_HELP = {
 }
 
 
+TRAIN_HELP = {
+    "max_tracks": "max number of training tracks drawn from",
+    "max_samples": "chunks per epoch",
+    "batch_size": "batch size per worker",
+    "num_workers": "concurrent decoding tasks of the Ray Data ingest",
+    "persistent_workers": "keep decoded validation chunks materialised across epochs",
+    "pin_memory": "pin host batches for faster GPU copies",
+    "pre_fetch": "batches prefetched per worker",
+    "lr": "learning rate",
+    "criterion": "loss: " + " | ".join(cfg.CRITERIA),
+    "use_amp": "mixed precision (bf16 where supported, else fp16 with a grad scaler)",
+    "clip_grad": "clip the gradient norm at --max-grad-norm",
+    "scale_grad": "use a gradient scaler (implied by fp16 AMP)",
+    "stop_patience": "epochs without improvement before the LR drops (a plateau)",
+    "max_plateaus": "plateaus before training stops",
+    "min_delta": "validation-loss improvement that counts",
+    "lr_lstm": "learning rate of LSTM bottleneck parameters",
+    "image_freq": "epochs between spectrogram/waveform images",
+    "silent": "suppress the per-epoch progress line",
+    "storage": "where checkpoints go (default: the session folder)",
+    "max_failures": "worker/node failures to recover from before giving up",
+    "gpus_per_worker": "GPUs per training worker (0: CPU with gloo)",
+}
+
+
 def _cmd_config(args: argparse.Namespace) -> None:
     from auralflow_dist.session import write_model_config
 
@@ -48,6 +74,52 @@ def _cmd_config(args: argparse.Namespace) -> None:
         print(cfg.to_json(model_config), end="")
         params = count_parameters(build_network(model_config))
         print(f"{model_config.model_type}: {params:,} parameters ({params / 1e6:.1f}M)")
+
+
+def _parse_workers(text: str) -> tuple[int, int]:
+    """``N`` or ``MIN:MAX`` (elastic)."""
+    try:
+        low, _, high = text.partition(":")
+        return int(low), int(high or low)
+    except ValueError:
+        raise ConfigError("workers", f"expected N or MIN:MAX, got {text!r}") from None
+
+
+def _trainer_config(args: argparse.Namespace) -> cfg.TrainerConfig:
+    """trainer.json of a resumed session, else the defaults; the flags given override either."""
+    from auralflow_dist.session import read_trainer_config
+
+    base = read_trainer_config(args.session) if args.resume else None
+    values = {**(dataclasses.asdict(base) if base else {}), **flags.given(args, cfg.TrainerConfig)}
+    if args.workers is not None:
+        values["workers_min"], values["workers_max"] = _parse_workers(args.workers)
+    return cfg.from_dict(cfg.TrainerConfig, values)
+
+
+def _cmd_train(args: argparse.Namespace) -> None:
+    from auralflow_dist.runtime import connect
+    from auralflow_dist.session import read_model_config
+    from auralflow_dist.train.trainer import train
+
+    model_config = read_model_config(args.session)
+    trainer_config = _trainer_config(args)
+    if args.display:
+        print(cfg.to_json(trainer_config), end="")
+    connect(args.address, trainer_config.workers_max * trainer_config.cpus_per_worker)
+    result = train(args.session, args.dataset, model_config, trainer_config, resume=args.resume)
+    print(result.summary())
+
+
+def _cmd_prepare(args: argparse.Namespace) -> None:
+    from auralflow_dist.data.manifest import prepare
+
+    out, result = prepare(args.dataset, args.out, strict=args.strict, seed=args.seed)
+    for problem in result.problems:
+        print(f"skipped {problem}")
+    counts = result.table.group_by("split").aggregate([("track", "count")]).to_pylist()
+    summary = ", ".join(f"{c['track_count']} {c['split']}" for c in counts)
+    print(f"wrote {out}: {result.table.num_rows} tracks ({summary}), "
+          f"{len(result.problems)} skipped")
 
 
 def _cmd_make_dataset(args: argparse.Namespace) -> None:
@@ -95,13 +167,35 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=_cmd_config)
 
+    p = sub.add_parser("prepare", help="scan a dataset and write its parquet manifest")
+    p.add_argument("dataset", help="dataset root (MUSDB18-HQ layout, or one pool of tracks)")
+    p.add_argument("--out", default=None, help="manifest URL (default: DATASET/manifest.parquet)")
+    p.add_argument("--strict", action="store_true", help="fail on any broken track")
+    p.add_argument("--seed", type=int, default=0, help="seed of carved validation/test splits")
+    p.set_defaults(func=_cmd_prepare)
+
+    p = sub.add_parser("train", help="train the session's model on a dataset with Ray Train")
+    p.add_argument("session", help="session folder with model.json (local path or URL)")
+    p.add_argument("dataset", help="dataset root (MUSDB18-HQ layout) or a prepared manifest")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the latest checkpoint, if one exists")
+    p.add_argument("--display", action="store_true", help="print the trainer config")
+    p.add_argument("--workers", default=None,
+                   help="training workers: N, or MIN:MAX to train elastically (default: 1)")
+    p.add_argument("--address", default=None, help="Ray cluster address (default: local Ray)")
+    flags.add_dataclass_flags(
+        p, cfg.TrainerConfig, skip=("workers_min", "workers_max"), help_text=TRAIN_HELP,
+        aliases={"view_wav": ["view_wave"]},
+    )
+    p.set_defaults(func=_cmd_train)
+
     p = sub.add_parser("make-dataset", help="write a generated MUSDB18-HQ-layout dataset")
     p.add_argument("url")
     p.add_argument("--tracks", type=int, default=8)
     p.add_argument("--seconds", type=float, default=20.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--sample-rate", "--sample_rate", dest="sample_rate", type=int, default=44100)
-    p.add_argument("--format", choices=("wav", "flac"), default="wav")
+    p.add_argument("--format", choices=("wav", "flac", "ogg", "mp3"), default="wav")
     p.set_defaults(func=_cmd_make_dataset)
 
     p = sub.add_parser("download", help="copy a model directory from any URL, checking its SHA-256")

@@ -228,6 +228,7 @@ class TrainerConfig:
     gain_range_db: float = 6.0
     augment_channel_swap: bool = True
     augment_remix: bool = True
+    decode_cpus: float = 1.0
     # Cluster.
     workers_min: int = 1
     workers_max: int = 1
@@ -267,6 +268,7 @@ class TrainerConfig:
                  "must be N or MIN:MAX with 1 <= MIN <= MAX")
         _require(self.gpus_per_worker >= 0, "gpus_per_worker", "must not be negative")
         _require(self.cpus_per_worker > 0, "cpus_per_worker", "must be positive")
+        _require(self.decode_cpus > 0, "decode_cpus", "must be positive")
         _require(self.keep_checkpoints >= 1, "keep_checkpoints", "must be at least 1")
         return self
 

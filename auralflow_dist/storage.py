@@ -37,6 +37,7 @@ _S3FS_RETRIES = 2
 _MASK = "***"
 _TRUE = {"1", "true", "yes", "on"}
 _ACCESS_HINT = "access denied (check AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY)"
+_ANON_HINT = "access denied to anonymous requests (unset AWS_NO_SIGN_REQUEST, give credentials)"
 
 
 @dataclass(frozen=True)
@@ -260,7 +261,9 @@ def _reason(err: BaseException, fs: fsspec.AbstractFileSystem | None, path: str)
         "403",
         "Forbidden",
     } or any(isinstance(e, PermissionError) for e in chain):
-        return _ACCESS_HINT if s3 else "permission denied"
+        if not s3:
+            return "permission denied"
+        return _ANON_HINT if current_settings().anon else _ACCESS_HINT
     if codes & {"NoSuchKey", "404", "NotFound"} or any(
         isinstance(e, FileNotFoundError) for e in chain
     ):
@@ -428,24 +431,45 @@ def read_bytes(url: str) -> bytes:
 # Listing and housekeeping
 
 
+def _kind(fs: fsspec.AbstractFileSystem, path: str) -> str | None:
+    """'file', 'dir' or None (absent).
+
+    On S3 a prefix counts only while objects are under it: servers such as SeaweedFS keep listing
+    a folder for a while after its last object is deleted.
+    """
+    if _is_bucket_root(fs, path):
+        try:
+            fs.call_s3("head_bucket", Bucket=_bucket(path))
+        except FileNotFoundError:
+            return None
+        return "dir"
+    try:
+        info = fs.info(path)
+    except FileNotFoundError:
+        return None
+    if info["type"] != "directory":
+        return "file"
+    if _is_s3(fs):
+        bucket, _, key = path.partition("/")
+        listing = fs.call_s3(
+            "list_objects_v2", Bucket=bucket, Prefix=key.rstrip("/") + "/", MaxKeys=1
+        )
+        return "dir" if listing.get("Contents") else None
+    return "dir"
+
+
 def exists(url: str) -> bool:
     """Whether a file, folder, prefix or bucket is at ``url``; unreachable storage raises."""
     fs, path = filesystem(url)
     with _errors(url, fs, path):
-        if _is_bucket_root(fs, path):
-            try:
-                fs.call_s3("head_bucket", Bucket=_bucket(path))
-            except FileNotFoundError:
-                return False
-            return True
-        return fs.exists(path)
+        return _kind(fs, path) is not None
 
 
 def is_dir(url: str) -> bool:
     """Whether ``url`` is a folder (or, on object stores, a bucket or a prefix with objects)."""
     fs, path = filesystem(url)
     with _errors(url, fs, path):
-        return exists(url) if _is_bucket_root(fs, path) else fs.isdir(path)
+        return _kind(fs, path) == "dir"
 
 
 def size(url: str) -> int:
@@ -468,11 +492,11 @@ def remove(url: str, *, missing_ok: bool = False) -> None:
     """Delete the file or the whole folder/prefix at ``url``."""
     fs, path = filesystem(url)
     with _errors(url, fs, path):
-        try:
-            fs.rm(path, recursive=True)
-        except FileNotFoundError:
-            if not missing_ok:
-                raise
+        if _kind(fs, path) is None:
+            if missing_ok:
+                return
+            raise FileNotFoundError(path)
+        fs.rm(path, recursive=True)
 
 
 def listdir(url: str) -> list[str]:
@@ -503,7 +527,7 @@ def find_files(url: str, extensions: Iterable[str] | None = None) -> list[str]:
     )
     with _errors(url, fs, root):
         found = fs.find(root)
-        if not found and not fs.exists(root):
+        if not found and _kind(fs, root) is None:
             raise FileNotFoundError(root)
     urls = []
     for path in found:

@@ -7,14 +7,15 @@ through the same s3fs path a user's bucket takes. Nothing here reaches beyond 12
 
 from __future__ import annotations
 
+import ctypes
+import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -45,6 +46,11 @@ def free_ports(count: int) -> list[int]:
     finally:
         for s in socks:
             s.close()
+
+
+def _die_with_parent() -> None:
+    """Linux: have the kernel stop the server if pytest dies without running its finalizers."""
+    ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
 
 
 def weed_binary() -> str | None:
@@ -96,7 +102,11 @@ class S3Server:
         t0 = time.monotonic()
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
-            self.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+            self.argv,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
         )
         log.close()
         deadline = t0 + timeout
@@ -138,10 +148,12 @@ def make_server(root: Path, binary: str) -> S3Server:
     data = root / "data"
     data.mkdir(exist_ok=True)
     config = root / "s3.json"
-    config.write_text(
-        '{"identities": [{"name": "test", "credentials": [{"accessKey": "%s", "secretKey": "%s"}],'
-        ' "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}' % (TEST_KEY, TEST_SECRET)
-    )
+    identity = {
+        "name": "test",
+        "credentials": [{"accessKey": TEST_KEY, "secretKey": TEST_SECRET}],
+        "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+    }
+    config.write_text(json.dumps({"identities": [identity]}))
     master, master_grpc, volume, volume_grpc, filer, filer_grpc, s3, s3_grpc, admin = free_ports(9)
     argv = [
         binary,
@@ -238,3 +250,24 @@ def storage_root(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         return str(tmp_path / "root")
     server = request.getfixturevalue("s3_env")
     return f"s3://{server.shared_bucket}/{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture(scope="session")
+def ray_local() -> Iterator[None]:
+    """One local Ray (2 CPUs, no dashboard) for the whole session: ``ray.init`` costs about 10 s.
+
+    Every process must agree on the auth mode (see DESIGN.md), so it is set before Ray starts.
+    """
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    import ray
+
+    if ray.is_initialized():
+        yield
+        return
+    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    try:
+        yield
+    finally:
+        ray.shutdown()

@@ -56,6 +56,12 @@ def _tool(name: str, url: str) -> str:
     return path
 
 
+def require_ffmpeg(url: str) -> None:
+    """Fail once, naming ``url``, where ffmpeg or ffprobe is not on PATH."""
+    _tool("ffmpeg", url)
+    _tool("ffprobe", url)
+
+
 def _input(url: str) -> str:
     """What ffmpeg opens for ``url``: a local path, or a presigned URL on object stores."""
     fs, path = storage.filesystem(url)
@@ -78,10 +84,19 @@ def _run(argv: list[str], url: str) -> bytes:
 def info(url: str) -> StemInfo:
     """Frames, rate and channels of the first audio stream and how many audio streams there are."""
     probe = _tool("ffprobe", url)
-    _tool("ffmpeg", url)
     out = _run(
-        [probe, "-v", "error", "-select_streams", "a", "-of", "json", "-show_entries",
-         "stream=sample_rate,channels,duration_ts,time_base", _input(url)],
+        [
+            probe,
+            "-v",
+            "error",
+            "-select_streams",
+            "a",
+            "-of",
+            "json",
+            "-show_entries",
+            "stream=sample_rate,channels,duration_ts,time_base",
+            _input(url),
+        ],
         url,
     )
     streams = json.loads(out).get("streams", [])
@@ -94,13 +109,35 @@ def info(url: str) -> StemInfo:
     return StemInfo(frames, rate, int(first["channels"]), len(streams))
 
 
-def read(url: str, stream: int, offset: int, frames: int, sample_rate: int, channels: int) -> np.ndarray:
+def read(
+    url: str, stream: int, offset: int, frames: int, sample_rate: int, channels: int
+) -> np.ndarray:
     """Frames ``[offset, offset + frames)`` of one stream as ``(channels, frames)``, zero-padded."""
     ffmpeg = _tool("ffmpeg", url)
     raw = _run(
-        [ffmpeg, "-v", "error", "-nostdin", "-ss", f"{offset / sample_rate:.6f}", "-i", _input(url),
-         "-map", f"0:a:{stream}", "-t", f"{frames / sample_rate:.6f}", "-ac", str(channels),
-         "-ar", str(sample_rate), "-f", "f32le", "-acodec", "pcm_f32le", "pipe:1"],
+        [
+            ffmpeg,
+            "-v",
+            "error",
+            "-nostdin",
+            "-ss",
+            f"{offset / sample_rate:.6f}",
+            "-i",
+            _input(url),
+            "-map",
+            f"0:a:{stream}",
+            "-t",
+            f"{frames / sample_rate:.6f}",
+            "-ac",
+            str(channels),
+            "-ar",
+            str(sample_rate),
+            "-f",
+            "f32le",
+            "-acodec",
+            "pcm_f32le",
+            "pipe:1",
+        ],
         url,
     )
     audio = np.frombuffer(raw, dtype="<f4").reshape(-1, channels).T[:, :frames]

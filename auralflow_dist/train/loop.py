@@ -9,10 +9,8 @@ everywhere. Rank 0 writes the checkpoint, images and the ``best/`` export; every
 from __future__ import annotations
 
 import math
-import os
 import tempfile
 import time
-from dataclasses import asdict
 from typing import Any
 
 import ray
@@ -23,7 +21,7 @@ import torch.distributed as dist
 
 from auralflow_dist import storage
 from auralflow_dist.config import ModelConfig, TrainerConfig, from_dict
-from auralflow_dist.data.pipeline import get_epoch_clock, iter_batches
+from auralflow_dist.data.pipeline import ChunkStats, get_or_create_epoch_clock, iter_batches
 from auralflow_dist.metrics import si_sdr
 from auralflow_dist.models import registry
 from auralflow_dist.models.mask_model import SpectrogramMaskModel
@@ -49,9 +47,12 @@ def _train_epoch(model: SpectrogramMaskModel, shard: Any, trainer: TrainerConfig
                  reporter: EpochReporter | None, loop: ckpt_state.LoopState) -> dict[str, float]:
     model.train()
     device = model.device
-    loss_sum, batches, samples, wait, nonfinite = 0.0, 0, 0, 0.0, 0
+    loss_sum, count, samples, wait, nonfinite = 0.0, 0, 0, 0.0, 0
     start = tick = time.perf_counter()
-    for mixture, target in iter_batches(shard, trainer, device):
+    stats = ChunkStats()
+    batches = iter_batches(shard, trainer.batch_size, trainer.shuffle_buffer, trainer.pre_fetch,
+                           device, pin_memory=trainer.pin_memory, stats=stats)
+    for mixture, target in batches:
         wait += time.perf_counter() - tick
         model.set_data(mixture, target)
         model.forward()
@@ -63,22 +64,23 @@ def _train_epoch(model: SpectrogramMaskModel, shard: Any, trainer: TrainerConfig
         model.backward()
         grad_norm = model.optimizer_step()
         loss_sum += loss
-        batches += 1
+        count += 1
         samples += mixture.shape[0]
         loop.global_step += 1
         if reporter is not None:
             reporter.step(loop.global_step, loss, grad_norm)
         tick = time.perf_counter()
     elapsed = time.perf_counter() - start
-    loss_sum, batches, samples, wait_sum, time_sum, nonfinite = _all_reduce(
-        [loss_sum, batches, samples, wait, elapsed, nonfinite], device)
+    loss_sum, count, samples, wait_sum, time_sum, nonfinite, silent = _all_reduce(
+        [loss_sum, count, samples, wait, elapsed, nonfinite, stats.silent_dropped], device)
     world = dist.get_world_size() if dist.is_initialized() else 1
     return {
-        "train_loss": loss_sum / max(batches, 1),
-        "train_batches": batches,
+        "train_loss": loss_sum / max(count, 1),
+        "train_batches": count,
         "samples_per_s": samples / max(time_sum / world, 1e-9),
         "data_wait_share": wait_sum / max(time_sum, 1e-9),
         "nonfinite": nonfinite,
+        "silent_chunks_replaced": int(silent),
     }
 
 
@@ -89,7 +91,8 @@ def _validate(model: SpectrogramMaskModel, shard: Any, trainer: TrainerConfig) -
     count = 0
     example = None
     with torch.no_grad():
-        for mixture, target in iter_batches(shard, trainer, model.device, shuffle=False):
+        for mixture, target in iter_batches(shard, trainer.batch_size, 0, trainer.pre_fetch,
+                                            model.device, drop_last=False):
             model.set_data(mixture, target)
             model.forward()
             n = mixture.shape[0]
@@ -129,7 +132,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             loop = ckpt_state.load(directory, model)
     if world > 1:
         model.model = ray.train.torch.prepare_model(model.model, move_to_device=False)
-    clock = get_epoch_clock(loop_config["clock"])
+    clock = get_or_create_epoch_clock(loop_config["clock"])
     reporter = EpochReporter(session, model_config, trainer) if rank == 0 else None
     if rank == 0:
         print(f"[train] {world} worker(s) on {device}; batch {trainer.batch_size} per worker, "
@@ -177,10 +180,3 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     if reporter is not None:
         reporter.close()
 
-
-def loop_state_dict(loop: ckpt_state.LoopState) -> dict[str, Any]:
-    return asdict(loop)
-
-
-__all__ = ["train_loop_per_worker"]
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -12,14 +12,14 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import pyarrow as pa
 import ray
 import ray.train
 from ray.train.torch import TorchTrainer
 
 from auralflow_dist import storage
 from auralflow_dist.config import ModelConfig, TrainerConfig
-from auralflow_dist.data import pipeline
-from auralflow_dist.data.manifest import load_or_scan
+from auralflow_dist.data import manifest, pipeline
 from auralflow_dist.errors import AuralflowError
 from auralflow_dist.session import write_trainer_config
 from auralflow_dist.train.loop import train_loop_per_worker
@@ -44,6 +44,20 @@ class TrainResult:
                 f"{m.get('val_si_sdr', float('nan')):+.2f} dB vs mixture "
                 f"{m.get('val_si_sdr_mixture', float('nan')):+.2f} dB; "
                 f"best model in {storage.join(self.session, 'best')}")
+
+
+def _manifest(dataset_url: str) -> pa.Table:
+    """A prepared manifest (the URL itself, or the dataset's ``manifest.parquet``), else a scan."""
+    if dataset_url.endswith(".parquet"):
+        return manifest.read_manifest(dataset_url)
+    storage.check_readable(dataset_url)
+    prepared = storage.join(dataset_url, manifest.MANIFEST_NAME)
+    if storage.exists(prepared):
+        return manifest.read_manifest(prepared)
+    result = manifest.scan(dataset_url)
+    for problem in result.problems:
+        print(f"[train] skipped {problem}", flush=True)
+    return result.table
 
 
 def _run_name(session: str, resume: bool) -> str:
@@ -85,11 +99,12 @@ def _scaling(trainer: TrainerConfig) -> ray.train.ScalingConfig:
 def train(session: str, dataset_url: str, model_config: ModelConfig, trainer: TrainerConfig,
           resume: bool = False) -> TrainResult:
     """Train ``model_config`` on ``dataset_url`` (a dataset root or a manifest) into ``session``."""
-    table = load_or_scan(dataset_url)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    table = _manifest(dataset_url)
     write_trainer_config(session, trainer)
     run = _run_name(session, resume)
     clock_name = f"auralflow-epoch-{abs(hash((session, run)))}"
-    clock = pipeline.create_epoch_clock(clock_name)
+    clock = pipeline.get_or_create_epoch_clock(clock_name)
     datasets = {
         "train": pipeline.build_train_dataset(table, model_config, trainer, clock_name),
         "val": pipeline.build_val_dataset(table, model_config, trainer),

@@ -1,0 +1,266 @@
+"""Separate one file, in bounded memory, into ``<save>/<track>/<target>.<ext>`` (+ residual).
+
+Decoding, separation and writing overlap: a reader thread decodes the next block while the
+model separates the current one, and a writer thread spools finished samples to local disk.
+Outputs are spooled as float32 first because limiting (scaling by 1 / peak when a PCM file
+cannot hold the peak, as `audio.write` does) needs the whole file's peak; the spool is then
+encoded and moved into place atomically, so a reader never sees a partial stem. ``_done.json``
+is written last: it is what a re-run checks to skip a finished track.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import queue
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+import soundfile as sf
+import torch
+
+from auralflow_dist import audio, storage
+from auralflow_dist.audio.io import _open as open_audio
+from auralflow_dist.errors import AudioError, AuralflowError, StorageError
+from auralflow_dist.models.mask_model import SpectrogramMaskModel
+from auralflow_dist.separate.config import SeparateConfig
+from auralflow_dist.separate.results import FAILED, OK, SKIPPED, FileResult
+from auralflow_dist.separate.sources import Source
+from auralflow_dist.separate.stream import StreamingSeparation
+
+DONE_NAME = "_done.json"
+_FLOAT_SUBTYPES = ("FLOAT", "DOUBLE")
+_ENCODE_FRAMES = 1 << 18
+_PREFETCH = 2  # blocks decoded ahead of the model
+_END = object()
+
+
+def fingerprint(url: str) -> str:
+    """A token that changes when the file at ``url`` changes (S3 ETag; local size and mtime)."""
+    fs, path = storage.filesystem(url)
+    try:
+        return str(fs.ukey(path))
+    except Exception as err:
+        raise StorageError(f"{storage.mask_url(url)}: cannot stat ({type(err).__name__}: "
+                           f"{err})") from err
+
+
+def _blocks(url: str, block_frames: int, limit: int | None) -> Iterator[np.ndarray]:
+    """Decoded blocks ``(channels, n)`` read in order, up to ``limit`` frames."""
+    with open_audio(url) as snd:
+        left = snd.frames if limit is None else min(limit, snd.frames)
+        start = 0
+        while left > 0:
+            block = snd.read(min(block_frames, left), dtype="float32", always_2d=True)
+            if len(block) == 0:
+                break  # a header that promises more frames than the file holds
+            finite = np.isfinite(block)
+            if not finite.all():
+                first = start + int(np.argmin(finite.all(axis=1)))
+                raise AudioError(f"{storage.mask_url(url)}: contains NaN/inf samples "
+                                 f"(first at {first / snd.samplerate:.3f} s)")
+            left -= len(block)
+            start += len(block)
+            yield np.ascontiguousarray(block.T)
+
+
+class _Prefetch:
+    """Runs an iterator in a thread, ``depth`` items ahead; errors surface in the consumer."""
+
+    def __init__(self, items: Iterator[Any], depth: int) -> None:
+        self.items = items
+        self.queue: queue.Queue[Any] = queue.Queue(maxsize=depth)
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _put(self, item: Any) -> bool:
+        while not self.stopped.is_set():
+            try:
+                self.queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _run(self) -> None:
+        try:
+            for item in self.items:
+                if not self._put(item):
+                    return
+            self._put(_END)
+        except BaseException as err:
+            self._put(err)
+        finally:
+            close = getattr(self.items, "close", None)
+            if close is not None:
+                close()
+
+    def __iter__(self) -> Iterator[Any]:
+        while True:
+            item = self.queue.get()
+            if item is _END:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    def close(self) -> None:
+        self.stopped.set()
+        self.thread.join()
+
+
+class _Spool:
+    """Float32 frames on local disk, and their peak, until the stem is encoded."""
+
+    def __init__(self, path: str, channels: int) -> None:
+        self.path, self.channels = path, channels
+        self.file = open(path, "wb")  # noqa: SIM115 - closed by the owner before `encode`
+        self.peak = 0.0
+        self.frames = 0
+
+    def append(self, block: np.ndarray) -> None:
+        if block.shape[-1] == 0:
+            return
+        if not np.isfinite(block).all():
+            raise AudioError("the model produced NaN/inf samples")
+        self.peak = max(self.peak, float(np.abs(block).max()))
+        self.file.write(np.ascontiguousarray(block.T, dtype=np.float32).tobytes())
+        self.frames += block.shape[-1]
+
+    def encode(self, url: str, sample_rate: int, fmt: str, subtype: str) -> float:
+        """Write the spooled audio to ``url``; returns the gain applied (1.0: untouched)."""
+        gain = 1.0
+        if self.peak > 1.0 and subtype not in _FLOAT_SUBTYPES:
+            gain = 1.0 / self.peak
+        frame_bytes = 4 * self.channels
+        with open(self.path, "rb") as spool, storage.atomic_write(url) as out, sf.SoundFile(
+            out, "w", samplerate=sample_rate, channels=self.channels, format=fmt, subtype=subtype
+        ) as snd:
+            while chunk := spool.read(_ENCODE_FRAMES * frame_bytes):
+                frames = np.frombuffer(chunk, dtype=np.float32).reshape(-1, self.channels)
+                snd.write(frames * np.float32(gain) if gain != 1.0 else frames)
+        return gain
+
+
+class TrackSeparator:
+    """Separates files one at a time with one loaded model: skip, stream, encode, mark done."""
+
+    def __init__(self, model: SpectrogramMaskModel, job: SeparateConfig, model_key: str,
+                 run_id: str) -> None:
+        self.model, self.job, self.run_id = model, job, run_id
+        self.target = model.config.target
+        # What the outputs depend on: a marker written under other settings does not count.
+        self.settings = {
+            "model": model_key, "target": self.target, "residual": job.residual,
+            "duration": job.duration, "sr": job.sr, "padding": job.padding,
+            "format": job.format, "subtype": job.file_subtype,
+        }
+
+    def __call__(self, source: Source) -> FileResult:
+        start = time.monotonic()
+        folder = storage.join(self.job.save, source.track)
+        outputs = [storage.join(folder, f"{self.target}.{self.job.format}")]
+        if self.job.residual:
+            outputs.append(storage.join(folder, f"residual.{self.job.format}"))
+        result = FileResult(input_url=source.url, track=source.track)
+        try:
+            key = fingerprint(source.url)
+            marker = storage.join(folder, DONE_NAME)
+            done = None if self.job.overwrite else self._finished(marker, key, outputs)
+            if done is not None:
+                return done
+            self._separate(source.url, result, outputs)
+            result.status = OK
+            result.target_url, result.residual_url = (*outputs, "")[:2]
+            result.seconds = time.monotonic() - start
+            result.realtime_factor = result.duration_s / max(result.seconds, 1e-9)
+            storage.write_bytes(marker, json.dumps({
+                "run_id": self.run_id, "input_url": source.url, "fingerprint": key,
+                "settings": self.settings, "result": dataclasses.asdict(result),
+            }, indent=2).encode())
+            return result
+        except AuralflowError as err:
+            result.error = storage.redact(str(err))
+        except Exception as err:  # a file must never stop the job: report it, go on
+            result.error = storage.redact(
+                f"{storage.mask_url(source.url)}: {type(err).__name__}: {err}")
+        result.status = FAILED
+        if storage.mask_url(source.url) not in result.error:
+            result.error = f"{storage.mask_url(source.url)}: {result.error}"
+        result.seconds = time.monotonic() - start
+        return result
+
+    def _finished(self, marker: str, key: str, outputs: list[str]) -> FileResult | None:
+        """The stored result when ``marker`` shows this input done with these settings."""
+        try:
+            record = json.loads(storage.read_bytes(marker))
+        except (StorageError, ValueError):
+            return None
+        if (record.get("fingerprint") != key or record.get("settings") != self.settings
+                or not all(storage.exists(u) for u in outputs)):
+            return None
+        done = FileResult(**record["result"])
+        # Done earlier in this very run (a retried batch after a worker died): it counts as ok.
+        done.status = OK if record.get("run_id") == self.run_id else SKIPPED
+        return done
+
+    def _separate(self, url: str, result: FileResult, outputs: list[str]) -> None:
+        job = self.job
+        header = audio.info(url)
+        if header.frames == 0:
+            raise AudioError(f"{storage.mask_url(url)}: contains no audio frames")
+        rate, channels = header.sample_rate, header.channels
+        limit = None if job.duration is None else round(job.duration * rate)
+        out_rate = job.sr or rate
+        result.sample_rate, result.channels, result.output_sample_rate = rate, channels, out_rate
+        result.trimmed = limit is not None and limit < header.frames
+        block_frames = max(1, round(job.block_seconds * rate))
+        stream = StreamingSeparation(self.model, rate, channels, out_rate, job.padding,
+                                     job.batch_size)
+        names = ["target", "residual"] if job.residual else ["target"]
+        with tempfile.TemporaryDirectory(prefix="auralflow-separate-") as tmp:
+            stems = [_Spool(os.path.join(tmp, f"{n}.f32"), channels) for n in names]
+            try:
+                frames = self._run(stream, _blocks(url, block_frames, limit), stems)
+            finally:
+                for spool in stems:
+                    spool.file.close()
+            if frames == 0:
+                raise AudioError(f"{storage.mask_url(url)}: contains no audio frames")
+            result.duration_s = frames / rate
+            for spool, out in zip(stems, outputs, strict=True):
+                spool.encode(out, out_rate, job.file_format, job.file_subtype)
+
+    def _run(self, stream: StreamingSeparation, blocks: Iterator[np.ndarray],
+             stems: list[_Spool]) -> int:
+        """Feed decoded blocks through the stream into the spools; returns frames read."""
+        frames = 0
+        reader = _Prefetch(blocks, _PREFETCH)
+        pending: list[Future] = []
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="spool") as writer:
+            try:
+                for block in reader:
+                    frames += block.shape[-1]
+                    pending.append(writer.submit(self._spool, stems, stream.push(
+                        torch.from_numpy(block))))
+                    if len(pending) > _PREFETCH:
+                        pending.pop(0).result()
+                if frames:
+                    pending.append(writer.submit(self._spool, stems, stream.finish()))
+                for future in pending:
+                    future.result()
+            finally:
+                reader.close()
+        return frames
+
+    @staticmethod
+    def _spool(stems: list[_Spool], pair: tuple[torch.Tensor, torch.Tensor]) -> None:
+        for spool, part in zip(stems, pair, strict=False):
+            spool.append(part.numpy())

@@ -1,0 +1,143 @@
+"""Chunks per second the Ray Data pipeline delivers to a consumer, beside a plain soundfile loop.
+
+Both read the same chunks (one epoch's `draw_epoch`): the reference opens each file with
+soundfile, seeks and reads the range, one chunk after another in this process; the pipeline
+decodes in Ray tasks and hands torch batches to a consumer, as a training worker sees them. Run
+from a local folder and from a local S3 server (SeaweedFS, started like the tests' fixture).
+Augmentation is off for the comparison (both read mixture and target); the augmented pipeline
+(gain, swap, remix: every stem read) is printed beside it. Floor: from local disk on 2 CPUs the
+pipeline delivers at least half the reference's rate.
+
+    python -m bench.data_throughput [--tracks 6] [--seconds 30] [--chunks 512] [--cpus 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import soundfile as sf
+
+from auralflow_dist import storage
+from auralflow_dist.config import ModelConfig, TrainerConfig
+from auralflow_dist.data import manifest, pipeline
+from auralflow_dist.data.chunks import draw_epoch
+from auralflow_dist.data.generate import write_dataset
+
+FLOOR = 0.5
+
+
+def raw_loop(tracks: list[manifest.Track], model: ModelConfig, trainer: TrainerConfig) -> float:
+    """Chunks per second: soundfile reads of each chunk's mixture and target, one by one."""
+    specs = draw_epoch(
+        tracks, 0, trainer.seed, trainer.max_samples, model.num_samples / model.sample_rate
+    )
+    start = time.perf_counter()
+    for spec in specs:
+        track = tracks[spec.track]
+        for url in (track.mixture_url, track.stem_url(model.target)):
+            with storage.open_file(url) as f, sf.SoundFile(f) as snd:
+                snd.seek(spec.offset)
+                snd.read(model.num_samples, dtype="float32", always_2d=True)
+    return len(specs) / (time.perf_counter() - start)
+
+
+def pipeline_rate(table, model: ModelConfig, trainer: TrainerConfig) -> float:
+    """Chunks per second through `iter_batches`, after one warm-up pass (worker start-up)."""
+    dataset = pipeline.build_train_dataset(table, model, trainer, 0)
+    for _ in pipeline.iter_batches(dataset, trainer.batch_size, prefetch=trainer.pre_fetch):
+        pass
+    start = time.perf_counter()
+    count = sum(
+        m.shape[0]
+        for m, _ in pipeline.iter_batches(dataset, trainer.batch_size, prefetch=trainer.pre_fetch)
+    )
+    return count / (time.perf_counter() - start)
+
+
+@contextlib.contextmanager
+def s3_root(workdir: Path) -> Iterator[str | None]:
+    """A fresh bucket on a local SeaweedFS server, or None where no ``weed`` binary is installed."""
+    from tests.conftest import make_server, weed_binary
+
+    binary = weed_binary()
+    if binary is None:
+        yield None
+        return
+    server = make_server(workdir / "seaweedfs", binary)
+    server.start()
+    try:
+        storage.configure(server.settings())
+        yield f"s3://{server.new_bucket()}/bench"
+    finally:
+        storage.configure(None)
+        server.stop()
+
+
+def measure(root: str, args: argparse.Namespace) -> dict[str, float]:
+    url = storage.join(root, "ds")
+    write_dataset(url, tracks=args.tracks, seconds=args.seconds, seed=0, splits=("train",))
+    table = manifest.scan(url, val_fraction=0).table
+    model = ModelConfig(num_channels=2).validate()  # 3 s chunks, 44.1 kHz stereo
+    plain = TrainerConfig(
+        max_samples=args.chunks,
+        batch_size=16,
+        num_workers=args.cpus,
+        augment_gain=False,
+        augment_channel_swap=False,
+        augment_remix=False,
+    ).validate()
+    augmented = TrainerConfig(
+        max_samples=args.chunks, batch_size=16, num_workers=args.cpus
+    ).validate()
+    tracks = manifest.tracks(table, "train")
+    raw_loop(tracks, model, plain)  # warm the page cache / server caches alike
+    return {
+        "raw": raw_loop(tracks, model, plain),
+        "pipeline": pipeline_rate(table, model, plain),
+        "augmented": pipeline_rate(table, model, augmented),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tracks", type=int, default=6)
+    parser.add_argument("--seconds", type=float, default=30.0)
+    parser.add_argument("--chunks", type=int, default=512)
+    parser.add_argument("--cpus", type=int, default=2)
+    args = parser.parse_args()
+
+    import ray
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    ray.init(num_cpus=args.cpus, include_dashboard=False, configure_logging=False)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    results = {}
+    with tempfile.TemporaryDirectory(prefix="auralflow-bench-") as tmp:
+        results["local"] = measure(str(Path(tmp) / "local"), args)
+        with s3_root(Path(tmp)) as root:
+            if root is not None:
+                results["s3"] = measure(root, args)
+    ray.shutdown()
+
+    print(f"{args.chunks} chunks of 3 s, 44.1 kHz stereo, {args.cpus} CPUs (chunks/s)")
+    print(
+        f"{'source':8} {'raw loop':>9} {'pipeline':>9} {'ratio':>6} {'augmented':>10} {'ratio':>6}"
+    )
+    for source, r in results.items():
+        print(
+            f"{source:8} {r['raw']:9.1f} {r['pipeline']:9.1f} {r['pipeline'] / r['raw']:6.2f} "
+            f"{r['augmented']:10.1f} {r['augmented'] / r['raw']:6.2f}"
+        )
+    ratio = results["local"]["pipeline"] / results["local"]["raw"]
+    verdict = "ok" if ratio >= FLOOR else "BELOW FLOOR"
+    print(f"floor: local pipeline >= {FLOOR:.2f} x raw loop: {ratio:.2f} ({verdict})")
+
+
+if __name__ == "__main__":
+    main()

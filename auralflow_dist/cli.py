@@ -122,6 +122,24 @@ def _cmd_prepare(args: argparse.Namespace) -> None:
           f"{len(result.problems)} skipped")
 
 
+def _cmd_test(args: argparse.Namespace) -> None:
+    from auralflow_dist.evaluate import EvalConfig, evaluate
+    from auralflow_dist.runtime import connect
+
+    if args.workers < 1:
+        raise ConfigError("workers", "must be at least 1")
+    config = EvalConfig(session=args.session, dataset=args.dataset, save=args.save,
+                        workers=args.workers, gpus_per_worker=args.gpus_per_worker,
+                        bsseval=args.bsseval, padding=args.padding, batch_size=args.batch_size,
+                        max_tracks=args.max_tracks)
+    connect(args.address, args.workers)
+    url, rows = evaluate(config)
+    median = next(r for r in rows if r["track"] == "median")
+    print(f"median target SI-SDR {median.get('target_si_sdr', float('nan')):+.2f} dB "
+          f"(improvement {median.get('target_si_sdri', float('nan')):+.2f} dB) over "
+          f"{len(rows) - 2} tracks; wrote {url}")
+
+
 def _cmd_make_dataset(args: argparse.Namespace) -> None:
     from auralflow_dist.data.generate import write_dataset
 
@@ -188,6 +206,21 @@ def _parser() -> argparse.ArgumentParser:
         aliases={"view_wav": ["view_wave"]},
     )
     p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("test", help="separate and score the test split (writes eval.csv)")
+    p.add_argument("session", help="session folder or model directory")
+    p.add_argument("dataset", help="dataset root or prepared manifest")
+    p.add_argument("--save", default=None, help="metrics CSV URL (default: SESSION/eval.csv)")
+    p.add_argument("--workers", type=int, default=2, help="Ray actors separating tracks")
+    p.add_argument("--gpus-per-worker", "--gpus_per_worker", dest="gpus_per_worker", type=float,
+                   default=0.0)
+    p.add_argument("--bsseval", action="store_true",
+                   help="add museval's BSSEval v4 SDR (1 s frames, median over frames)")
+    p.add_argument("--padding", type=int, default=200, help="overlap between windows (samples)")
+    p.add_argument("--batch-size", "--batch_size", dest="batch_size", type=int, default=8)
+    p.add_argument("--max-tracks", "--max_tracks", dest="max_tracks", type=int, default=None)
+    p.add_argument("--address", default=None, help="Ray cluster address (default: local Ray)")
+    p.set_defaults(func=_cmd_test)
 
     p = sub.add_parser("make-dataset", help="write a generated MUSDB18-HQ-layout dataset")
     p.add_argument("url")

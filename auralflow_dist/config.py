@@ -139,7 +139,7 @@ class ModelConfig:
     @property
     def num_samples(self) -> int:
         """Samples in one training chunk / separation window."""
-        return int(round(self.sample_length * self.sample_rate))
+        return round(self.sample_length * self.sample_rate)
 
     @property
     def num_frames(self) -> int:

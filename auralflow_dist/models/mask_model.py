@@ -276,7 +276,7 @@ class SpectrogramMaskModel:
             raise ValueError(f"audio must be 1-, 2- or 3-D, got shape {tuple(shape)}")
         rate = sample_rate or self.config.sample_rate
         if duration is not None:
-            x = x[..., : int(round(duration * rate))]
+            x = x[..., : round(duration * rate)]
         length = x.shape[-1]
         if length == 0:
             return x.reshape(*shape[:-1], 0)

@@ -57,7 +57,13 @@ def _blocks(url: str, block_frames: int, limit: int | None) -> Iterator[np.ndarr
         left = snd.frames if limit is None else min(limit, snd.frames)
         start = 0
         while left > 0:
-            block = snd.read(min(block_frames, left), dtype="float32", always_2d=True)
+            try:
+                block = snd.read(min(block_frames, left), dtype="float32", always_2d=True)
+            except sf.LibsndfileError as err:
+                reason = f": {err.error_string}" if err.error_string else ""
+                raise AudioError(f"{storage.mask_url(url)}: cannot decode past "
+                                 f"{start / snd.samplerate:.3f} s (corrupt or truncated"
+                                 f"{reason})") from err
             if len(block) == 0:
                 break  # a header that promises more frames than the file holds
             finite = np.isfinite(block)

@@ -130,6 +130,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
             loop = ckpt_state.load(directory, model)
+    elif loop_config.get("init_from"):
+        loop = ckpt_state.load_url(loop_config["init_from"], model)
     if world > 1:
         model.model = ray.train.torch.prepare_model(model.model, move_to_device=False)
     clock = get_or_create_epoch_clock(loop_config["clock"])

@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from auralflow_dist import storage
 from auralflow_dist.models.mask_model import SpectrogramMaskModel
 
 STATE_FILE = "state.json"
+CHECKPOINT_FILES = ("model.json", "weights.pt", "optimizer.pt", "scheduler.pt", "grad_scaler.pt",
+                    STATE_FILE)
 
 
 @dataclass
@@ -37,3 +41,14 @@ def load(directory: str, model: SpectrogramMaskModel) -> LoopState:
     model.load(0, directory=directory)
     with open(os.path.join(directory, STATE_FILE)) as f:
         return LoopState(**json.load(f))
+
+
+def load_url(url: str, model: SpectrogramMaskModel) -> LoopState:
+    """Load a checkpoint directory that lives at any storage URL."""
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in CHECKPOINT_FILES:
+            source = storage.join(url, name)
+            if storage.exists(source):
+                with open(os.path.join(tmp, name), "wb") as f:
+                    f.write(storage.read_bytes(source))
+        return load(tmp, model)

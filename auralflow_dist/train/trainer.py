@@ -7,8 +7,10 @@ checkpoints are never overwritten or deleted.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -46,7 +48,7 @@ class TrainResult:
                 f"best model in {storage.join(self.session, 'best')}")
 
 
-def _manifest(dataset_url: str) -> pa.Table:
+def load_manifest(dataset_url: str) -> pa.Table:
     """A prepared manifest (the URL itself, or the dataset's ``manifest.parquet``), else a scan."""
     if dataset_url.endswith(".parquet"):
         return manifest.read_manifest(dataset_url)
@@ -99,32 +101,10 @@ def _scaling(trainer: TrainerConfig) -> ray.train.ScalingConfig:
 def train(session: str, dataset_url: str, model_config: ModelConfig, trainer: TrainerConfig,
           resume: bool = False) -> TrainResult:
     """Train ``model_config`` on ``dataset_url`` (a dataset root or a manifest) into ``session``."""
-    ray.data.DataContext.get_current().enable_progress_bars = False
-    table = _manifest(dataset_url)
+    table = load_manifest(dataset_url)
     write_trainer_config(session, trainer)
     run = _run_name(session, resume)
-    clock_name = f"auralflow-epoch-{abs(hash((session, run)))}"
-    clock = pipeline.get_or_create_epoch_clock(clock_name)
-    datasets = {
-        "train": pipeline.build_train_dataset(table, model_config, trainer, clock_name),
-        "val": pipeline.build_val_dataset(table, model_config, trainer),
-    }
-    loop_config = {"model": asdict(model_config), "trainer": asdict(trainer), "session": session,
-                   "clock": clock_name}
-    torch_trainer = TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config=loop_config,
-        scaling_config=_scaling(trainer),
-        run_config=_run_config(session, run, trainer),
-        datasets=datasets,
-        dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
-    )
-    try:
-        result = torch_trainer.fit()
-    except ray.train.TrainingFailedError as err:
-        raise AuralflowError(f"training failed: {_root_cause(err)}") from None
-    finally:
-        ray.kill(clock)
+    result = run_training(session, run, table, model_config, trainer)
     metrics = dict(result.metrics or {})
     if metrics.get("diverged"):
         raise AuralflowError(
@@ -137,6 +117,41 @@ def train(session: str, dataset_url: str, model_config: ModelConfig, trainer: Tr
         best_val_loss=float(metrics.get("best_val_loss", float("nan"))), metrics=metrics,
         checkpoint=result.checkpoint.path if result.checkpoint else None,
     )
+
+
+def run_training(session: str, run: str, table: pa.Table, model_config: ModelConfig,
+                 trainer: TrainerConfig, callbacks: Sequence[Any] = (),
+                 init_from: str | None = None) -> ray.train.Result:
+    """Fit one ``TorchTrainer`` run; shared by ``train`` and by every Tune trial.
+
+    ``init_from`` is a checkpoint directory URL to start from when the run has none of its own
+    yet (PBT hands a better trial's checkpoint over this way).
+    """
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    clock_name = f"auralflow-epoch-{hashlib.sha1(f'{session}/{run}'.encode()).hexdigest()[:16]}"
+    clock = pipeline.get_or_create_epoch_clock(clock_name)
+    datasets = {
+        "train": pipeline.build_train_dataset(table, model_config, trainer, clock_name),
+        "val": pipeline.build_val_dataset(table, model_config, trainer),
+    }
+    loop_config = {"model": asdict(model_config), "trainer": asdict(trainer), "session": session,
+                   "clock": clock_name, "init_from": init_from}
+    run_config = _run_config(session, run, trainer)
+    run_config.callbacks = list(callbacks)
+    torch_trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=loop_config,
+        scaling_config=_scaling(trainer),
+        run_config=run_config,
+        datasets=datasets,
+        dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
+    )
+    try:
+        return torch_trainer.fit()
+    except ray.train.TrainingFailedError as err:
+        raise AuralflowError(f"training failed: {_root_cause(err)}") from None
+    finally:
+        ray.kill(clock)
 
 
 def _root_cause(err: BaseException) -> str:

@@ -1,0 +1,305 @@
+"""The bulk separation job: streaming equals ``separate()``, naming, bad files, re-runs, crashes.
+
+Everything runs for real: files written with soundfile into a local folder and onto the test S3
+server, a 2-actor Ray Data job on the session's local Ray, and a worker process that really exits
+mid-job. A tiny model keeps it fast; `separate()` on the whole file is the reference.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import soundfile as sf
+import torch
+
+from auralflow_dist import audio, storage
+from auralflow_dist.config import ModelConfig
+from auralflow_dist.errors import ConfigError
+from auralflow_dist.models import registry
+from auralflow_dist.models.mask_model import SpectrogramMaskModel
+from auralflow_dist.separate import SeparateConfig, run_separation
+from auralflow_dist.separate.job import CRASH_ONCE_ENV
+from auralflow_dist.separate.sources import Source, list_sources, track_names
+from auralflow_dist.separate.stream import StreamingSeparation, StreamResampler
+from auralflow_dist.separate.track import TrackSeparator
+
+RATE = 16000
+TOL = 1e-4
+
+
+def tiny_config(num_channels: int = 1, sample_rate: int = RATE) -> ModelConfig:
+    return ModelConfig(hidden_channels=4, sample_rate=sample_rate, sample_length=0.5, num_fft=256,
+                       window_size=256, hop_length=128, num_channels=num_channels).validate()
+
+
+def tiny_model(num_channels: int = 1, sample_rate: int = RATE) -> SpectrogramMaskModel:
+    torch.manual_seed(0)
+    return SpectrogramMaskModel(tiny_config(num_channels, sample_rate), device="cpu")
+
+
+def save_model(url: str, num_channels: int = 1, sample_rate: int = RATE) -> str:
+    model = tiny_model(num_channels, sample_rate)
+    registry.save_checkpoint(url, model.config, model.model)
+    return url
+
+
+def noise(seconds: float, rate: int, channels: int, seed: int = 0) -> np.ndarray:
+    """(frames, channels) float32 in [-0.4, 0.4]: soundfile's layout."""
+    rng = np.random.default_rng(seed)
+    return rng.uniform(-0.4, 0.4, (round(seconds * rate), channels)).astype(np.float32)
+
+
+def put(url: str, data: np.ndarray, rate: int, fmt: str, subtype: str | None = None) -> None:
+    buf = io.BytesIO()
+    sf.write(buf, data, rate, format=fmt, subtype=subtype)
+    storage.write_bytes(url, buf.getvalue())
+
+
+# ------------------------------------------------------------------------------------------------
+# Streaming equals the whole-file path
+
+
+@pytest.mark.parametrize(
+    ("orig", "new"), [(44100, 16000), (16000, 44100), (96000, 8000), (11025, 8000)]
+)
+def test_stream_resampler_equals_whole_signal(orig: int, new: int) -> None:
+    x = torch.randn(2, 12345)
+    stream = StreamResampler(orig, new, 2, torch.device("cpu"))
+    pieces = [stream.push(c) for c in x.split(1000, dim=-1)] + [stream.finish()]
+    assert torch.equal(torch.cat(pieces, dim=-1), audio.resample(x, orig, new))
+
+
+@pytest.mark.parametrize(
+    ("model_channels", "rate", "channels", "padding", "block"),
+    [
+        (1, RATE, 2, 200, 3000),  # mono model, stereo in: each channel on its own
+        (2, RATE, 2, 200, 7000),  # stereo model, stereo in
+        (2, 44100, 1, 200, 5000),  # mono through a stereo model, resampled both ways
+        (1, 96000, 6, 1000, 20000),  # 6 channels at 96 kHz
+        (2, 8000, 6, 3000, 999),  # blocks smaller than a window, overlap above half a window
+        (1, RATE, 1, 0, 4000),  # no overlap
+    ],
+)
+def test_stream_equals_separate(model_channels: int, rate: int, channels: int, padding: int,
+                                block: int) -> None:
+    model = tiny_model(model_channels)
+    x = torch.rand(channels, int(rate * 2.7) + 13) * 0.6 - 0.3
+    want = model.separate(x, sample_rate=rate, padding=padding, batch_size=3)
+    stream = StreamingSeparation(model, rate, channels, rate, padding, batch_size=5)
+    parts = [stream.push(b) for b in x.split(block, dim=-1)] + [stream.finish()]
+    target = torch.cat([p[0] for p in parts], dim=-1)
+    residual = torch.cat([p[1] for p in parts], dim=-1)
+    assert target.shape == x.shape
+    assert (target - want).abs().max() < TOL
+    assert (residual - (x - want)).abs().max() < TOL
+
+
+def test_stream_output_rate() -> None:
+    model = tiny_model()
+    x = torch.rand(2, 44100) - 0.5
+    stream = StreamingSeparation(model, 44100, 2, 22050, 200, batch_size=8)
+    parts = [stream.push(b) for b in x.split(10000, dim=-1)] + [stream.finish()]
+    target = torch.cat([p[0] for p in parts], dim=-1)
+    want = audio.resample(model.separate(x, sample_rate=44100), 44100, 22050)
+    assert target.shape == (2, 22050)
+    assert (target - want).abs().max() < TOL
+
+
+# ------------------------------------------------------------------------------------------------
+# Inputs and outputs
+
+
+def test_track_names_follow_the_seeds_and_never_collide() -> None:
+    assert track_names(["song.wav", "b/intro.flac", "c/intro.flac", "test/Song A/mixture.wav"]) == [
+        "song", "b/intro", "c/intro", "test/Song A"]
+    # Same name twice in one folder: both keep their file names.
+    assert track_names(["a/x.wav", "a/x.flac", "a/y/mixture.wav", "a/y.mp3"]) == [
+        "a/x.wav", "a/x.flac", "a/y/mixture.wav", "a/y.mp3"]
+
+
+def test_sources_skip_outputs_inside_the_input_folder(tmp_path: Path) -> None:
+    put(str(tmp_path / "in" / "a.wav"), noise(0.1, RATE, 1), RATE, "WAV")
+    put(str(tmp_path / "in" / "out" / "a" / "vocals.wav"), noise(0.1, RATE, 1), RATE, "WAV")
+    (tmp_path / "in" / "notes.txt").write_text("not audio")
+    sources = list_sources(str(tmp_path / "in"), exclude=str(tmp_path / "in" / "out"))
+    assert sources == [Source(str(tmp_path / "in" / "a.wav"), "a")]
+    single = list_sources(str(tmp_path / "in" / "a.wav"))
+    assert [s.track for s in single] == ["a"]
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [({"padding": -1}, "padding"), ({"format": "mp3"}, "format"),
+     ({"format": "flac", "subtype": "float"}, "subtype"), ({"duration": 0}, "duration"),
+     ({"workers": 0}, "workers"), ({"batch_size": 0}, "batch_size")],
+)
+def test_config_errors_name_the_field(change: dict, field: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        SeparateConfig(model="m", audio="a", save="s", **change).validate()
+    assert err.value.field == field
+
+
+# ------------------------------------------------------------------------------------------------
+# The job on Ray
+
+
+GOOD = {  # name: (seconds, rate, channels, format, subtype)
+    "stereo.wav": (2.3, RATE, 2, "WAV", "PCM_16"),
+    "mono.flac": (1.7, RATE, 1, "FLAC", "PCM_24"),
+    "six.wav": (1.2, RATE, 6, "WAV", "PCM_16"),
+    "hires.wav": (1.1, 96000, 2, "WAV", "PCM_24"),
+    "eight_bit.wav": (1.0, 22050, 1, "WAV", "PCM_U8"),
+    "song/mixture.ogg": (1.5, 44100, 2, "OGG", "VORBIS"),
+    "clip.mp3": (1.2, 44100, 2, "MP3", "MPEG_LAYER_III"),
+}
+BAD = {  # name: part of the one-line error
+    "empty.wav": "is empty (0 bytes)",
+    "zero_frames.wav": "contains no audio frames",
+    "text.mp3": "not readable as audio",
+    "truncated.flac": "corrupt or truncated",
+    "nan.wav": "contains NaN/inf samples",
+}
+
+
+def write_inputs(root: str) -> None:
+    for i, (name, (seconds, rate, channels, fmt, subtype)) in enumerate(GOOD.items()):
+        put(storage.join(root, name), noise(seconds, rate, channels, seed=i), rate, fmt, subtype)
+    storage.write_bytes(storage.join(root, "empty.wav"), b"")
+    put(storage.join(root, "zero_frames.wav"), np.zeros((0, 2), np.float32), RATE, "WAV")
+    storage.write_bytes(storage.join(root, "text.mp3"), b"ID3? no: just some text\n" * 40)
+    buf = io.BytesIO()
+    sf.write(buf, noise(2.0, RATE, 2), RATE, format="FLAC")
+    storage.write_bytes(storage.join(root, "truncated.flac"), buf.getvalue()[: buf.tell() // 2])
+    nan = noise(1.0, RATE, 1)
+    nan[12000] = np.nan
+    put(storage.join(root, "nan.wav"), nan, RATE, "WAV", "FLOAT")
+
+
+def check_outputs(model_url: str, inputs: str, summary, residual: bool) -> None:
+    reference = SpectrogramMaskModel.from_checkpoint(model_url, device="cpu")
+    rows = {r.input_url[len(inputs) + 1 :]: r for r in summary.results}
+    for name in GOOD:
+        row = rows[name]
+        assert row.status in ("ok", "skipped"), row
+        x, rate = audio.read(storage.join(inputs, name))
+        want = reference.separate(x, sample_rate=rate).numpy()
+        target, out_rate = audio.read(row.target_url)
+        assert (out_rate, target.shape) == (rate, x.shape), name
+        assert np.abs(target - want).max() < TOL, name
+        if residual:
+            rest, _ = audio.read(row.residual_url)
+            assert np.abs(rest - (x - want)).max() < TOL, name
+    assert rows["song/mixture.ogg"].track == "song"
+
+
+def run(model_url: str, inputs: str, save: str, **options) -> object:
+    job = SeparateConfig(model=model_url, audio=inputs, save=save, residual=True, workers=2,
+                         subtype="FLOAT", block_seconds=0.4, **options)
+    return run_separation(job, echo=lambda line: None)
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_job_separates_good_files_reports_bad_ones_and_resumes(
+    storage_root: str, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+) -> None:
+    local = not storage_root.startswith("s3://")
+    model_url = save_model(storage.join(storage_root, "model"))
+    inputs, save = storage.join(storage_root, "in"), storage.join(storage_root, "out")
+    write_inputs(inputs)
+    if local:  # a worker process exits for real on its first look at this file
+        monkeypatch.setenv(CRASH_ONCE_ENV, "stereo.wav")
+
+    first = run(model_url, inputs, save)
+    assert (first.files, first.ok, first.failed, first.skipped) == (len(GOOD) + len(BAD),
+                                                                    len(GOOD), len(BAD), 0)
+    check_outputs(model_url, inputs, first, residual=True)
+    rows = {r.input_url.rsplit("/", 1)[1]: r for r in first.results}
+    for name, message in BAD.items():
+        assert rows[name].status == "failed"
+        assert message in rows[name].error and name in rows[name].error
+        assert "\n" not in rows[name].error
+    assert rows["stereo.wav"].attempts == (2 if local else 1)
+    table = pq.read_table(io.BytesIO(storage.read_bytes(first.results_url))).to_pylist()
+    assert sorted(r["input_url"] for r in table) == sorted(r.input_url for r in first.results)
+    assert storage.exists(first.results_csv_url)
+    assert rows["hires.wav"].sample_rate == 96000 and rows["six.wav"].channels == 6
+
+    monkeypatch.delenv(CRASH_ONCE_ENV, raising=False)
+    second = run(model_url, inputs, save)
+    assert (second.ok, second.skipped, second.failed) == (0, len(GOOD), len(BAD))
+    assert second.audio_seconds == 0
+
+    if local:
+        target = Path(rows["mono.flac"].target_url)
+        before = target.stat().st_mtime_ns
+        third = run(model_url, inputs, save, overwrite=True, duration=1.0)
+        assert (third.ok, third.skipped) == (len(GOOD), 0)
+        assert target.stat().st_mtime_ns != before
+        trimmed = {r.input_url.rsplit("/", 1)[1]: r for r in third.results}
+        assert trimmed["stereo.wav"].trimmed and trimmed["stereo.wav"].duration_s == 1.0
+        assert sf.info(str(target)).frames == RATE
+
+
+def test_unreadable_model_or_inputs_fail_at_the_edge(tmp_path: Path) -> None:
+    from auralflow_dist.errors import AuralflowError
+
+    with pytest.raises(AuralflowError, match="model.json"):
+        run_separation(SeparateConfig(model=str(tmp_path), audio=str(tmp_path), save="x"))
+    model_url = save_model(str(tmp_path / "model"))
+    (tmp_path / "in").mkdir()
+    with pytest.raises(AuralflowError, match="no .wav"):
+        run_separation(SeparateConfig(model=model_url, audio=str(tmp_path / "in"), save="x"))
+    with pytest.raises(ConfigError, match="padding"):
+        run_separation(SeparateConfig(model=model_url, audio=str(tmp_path), save="x",
+                                      padding=RATE))
+
+
+# ------------------------------------------------------------------------------------------------
+# One hour in bounded memory
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+@pytest.mark.slow
+def test_one_hour_file_streams_in_bounded_memory(tmp_path: Path) -> None:
+    rate, seconds = 8000, 3600
+    model = tiny_model(sample_rate=rate)
+    path = tmp_path / "hour.wav"
+    with sf.SoundFile(path, "w", rate, 1, "PCM_16") as f:
+        for i in range(60):
+            f.write(noise(60, rate, 1, seed=i))
+    job = SeparateConfig(model="unused", audio=str(path), save=str(tmp_path / "out"),
+                         residual=True).validate()
+    separate = TrackSeparator(model, job, model_key="k", run_id="r")
+    warm = tmp_path / "warm.wav"
+    sf.write(warm, noise(65, rate, 1), rate)  # warms up every buffer at full block size
+    assert separate(Source(str(warm), "warm")).status == "ok"
+
+    base, peak, done = _rss_bytes(), [0], threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], _rss_bytes())
+            time.sleep(0.05)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        result = separate(Source(str(path), "hour"))
+    finally:
+        done.set()
+        sampler.join()
+    assert result.status == "ok", result.error
+    assert sf.info(result.target_url).frames == rate * seconds
+    # The file is 115 MB as float32: holding it whole, let alone its windows, would show here.
+    assert peak[0] - base < 60 * 2**20, f"RSS grew by {(peak[0] - base) / 2**20:.0f} MiB"

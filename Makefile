@@ -9,7 +9,9 @@ export RAY_USAGE_STATS_ENABLED := 0
 
 .PHONY: setup demo test test-fast bench lint clean
 
+# Debian's prometheus for the real-scrape tests (skipped quietly where apt is not ours).
 setup: $(STAMP)
+	-@infra/local/install-prometheus.sh
 
 # One resolver pass for the whole stack keeps s3fs/aiobotocore/botocore consistent.
 $(STAMP): pyproject.toml

@@ -253,19 +253,26 @@ def storage_root(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 
 @pytest.fixture(scope="session")
-def ray_local() -> Iterator[None]:
-    """One local Ray (2 CPUs, no dashboard) for the whole session: ``ray.init`` costs about 10 s.
+def ray_local(s3_server: S3Server) -> Iterator[None]:
+    """One local Ray for the whole session: ``ray.init`` costs about 10 s here.
 
-    Every process must agree on the auth mode (see DESIGN.md), so it is set before Ray starts.
+    Every process must agree on the auth mode (see DESIGN.md), so it is set before Ray starts,
+    and so are the test S3 server's endpoint and credentials: Ray's workers inherit the
+    environment of the process that starts Ray, as they inherit a node's on a real cluster.
+    Four logical CPUs on two cores: two training workers plus decoding tasks must fit at once.
     """
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ["AWS_ENDPOINT_URL"] = s3_server.endpoint_url
+    os.environ["AWS_ACCESS_KEY_ID"] = s3_server.key
+    os.environ["AWS_SECRET_ACCESS_KEY"] = s3_server.secret
+    os.environ["AWS_REGION"] = "us-east-1"
     import ray
 
     if ray.is_initialized():
         yield
         return
-    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False)
+    ray.init(num_cpus=4, include_dashboard=False, configure_logging=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
     try:
         yield

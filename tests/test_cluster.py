@@ -104,7 +104,9 @@ def test_launcher_runs_the_project_image_with_shared_memory(name: str) -> None:
             options += docker.get("head_run_options", [])
         else:
             options += spec.get("docker", {}).get("worker_run_options", [])
-        assert any(o.startswith("--shm-size") for o in options), f"{name}: {node_type} has no --shm-size"
+        assert any(o.startswith("--shm-size") for o in options), (
+            f"{name}: {node_type} has no --shm-size"
+        )
 
 
 @pytest.mark.parametrize("name", ["aws.yaml", "gcp.yaml"])
@@ -126,7 +128,9 @@ def test_local_launcher_names_placeholders_not_real_hosts() -> None:
     provider = load(CLUSTER / "local.yaml")["provider"]
     assert provider["type"] == "local"
     assert provider["head_ip"] == "HEAD_IP"
-    assert provider["worker_ips"] and all(ip.startswith("WORKER_IP") for ip in provider["worker_ips"])
+    assert provider["worker_ips"] and all(
+        ip.startswith("WORKER_IP") for ip in provider["worker_ips"]
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -163,7 +167,9 @@ def test_raycluster_has_a_cpu_head_and_autoscaling_gpu_groups() -> None:
 
 def test_ray_pods_run_the_image_with_shm_in_memory_and_the_service_account() -> None:
     spec = raycluster()["spec"]
-    templates = [spec["headGroupSpec"]["template"]] + [g["template"] for g in spec["workerGroupSpecs"]]
+    templates = [spec["headGroupSpec"]["template"]] + [
+        g["template"] for g in spec["workerGroupSpecs"]
+    ]
     for template in templates:
         pod = template["spec"]
         assert pod["serviceAccountName"] == "auralflow-ray"
@@ -178,7 +184,7 @@ def test_ray_pods_run_the_image_with_shm_in_memory_and_the_service_account() -> 
 
 
 def test_service_account_carries_a_cloud_identity_annotation() -> None:
-    (_, account), = of_kind("ServiceAccount")
+    ((_, account),) = of_kind("ServiceAccount")
     annotations = account["metadata"]["annotations"]
     assert annotations["eks.amazonaws.com/role-arn"].startswith("arn:aws:iam::")
     assert annotations["iam.gke.io/gcp-service-account"].endswith(".iam.gserviceaccount.com")
@@ -213,10 +219,15 @@ def test_every_ray_process_shares_the_auth_mode() -> None:
 
 
 def test_podmonitor_scrapes_ports_the_pods_open() -> None:
-    (_, monitor), = of_kind("PodMonitor")
+    ((_, monitor),) = of_kind("PodMonitor")
     spec = raycluster()["spec"]
-    head_ports = {p["name"] for p in spec["headGroupSpec"]["template"]["spec"]["containers"][0]["ports"]}
-    assert monitor["spec"]["selector"]["matchLabels"]["ray.io/cluster"] == raycluster()["metadata"]["name"]
+    head_ports = {
+        p["name"] for p in spec["headGroupSpec"]["template"]["spec"]["containers"][0]["ports"]
+    }
+    assert (
+        monitor["spec"]["selector"]["matchLabels"]["ray.io/cluster"]
+        == raycluster()["metadata"]["name"]
+    )
     for endpoint in monitor["spec"]["podMetricsEndpoints"]:
         assert endpoint["port"] in head_ports
 
@@ -226,7 +237,9 @@ def test_podmonitor_scrapes_ports_the_pods_open() -> None:
 
 
 def rayjob(job: str) -> dict:
-    (found,) = [doc for _, doc in of_kind("RayJob") if doc["metadata"]["name"] == f"auralflow-{job}"]
+    (found,) = [
+        doc for _, doc in of_kind("RayJob") if doc["metadata"]["name"] == f"auralflow-{job}"
+    ]
     return found
 
 

@@ -85,7 +85,9 @@ def grants() -> dict[str, set[str]]:
         actions = statement["Action"]
         resources = statement["Resource"]
         for resource in [resources] if isinstance(resources, str) else resources:
-            out.setdefault(resource, set()).update([actions] if isinstance(actions, str) else actions)
+            out.setdefault(resource, set()).update(
+                [actions] if isinstance(actions, str) else actions
+            )
     return out
 
 

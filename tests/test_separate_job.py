@@ -7,10 +7,12 @@ mid-job. A tiny model keeps it fast; `separate()` on the whole file is the refer
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import os
 import threading
 import time
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -21,10 +23,11 @@ import torch
 
 from auralflow_dist import audio, storage
 from auralflow_dist.config import ModelConfig
-from auralflow_dist.errors import ConfigError
+from auralflow_dist.errors import AuralflowError, ConfigError
 from auralflow_dist.models import registry
 from auralflow_dist.models.mask_model import SpectrogramMaskModel
-from auralflow_dist.separate import SeparateConfig, run_separation
+from auralflow_dist.observability import REGISTRY
+from auralflow_dist.separate import SeparateConfig, SeparationSummary, run_separation
 from auralflow_dist.separate.job import CRASH_ONCE_ENV
 from auralflow_dist.separate.sources import Source, list_sources, track_names
 from auralflow_dist.separate.stream import StreamingSeparation, StreamResampler
@@ -35,8 +38,15 @@ TOL = 1e-4
 
 
 def tiny_config(num_channels: int = 1, sample_rate: int = RATE) -> ModelConfig:
-    return ModelConfig(hidden_channels=4, sample_rate=sample_rate, sample_length=0.5, num_fft=256,
-                       window_size=256, hop_length=128, num_channels=num_channels).validate()
+    return ModelConfig(
+        hidden_channels=4,
+        sample_rate=sample_rate,
+        sample_length=0.5,
+        num_fft=256,
+        window_size=256,
+        hop_length=128,
+        num_channels=num_channels,
+    ).validate()
 
 
 def tiny_model(num_channels: int = 1, sample_rate: int = RATE) -> SpectrogramMaskModel:
@@ -83,14 +93,15 @@ def test_stream_resampler_equals_whole_signal(orig: int, new: int) -> None:
         (2, RATE, 2, 200, 7000),  # stereo model, stereo in
         (2, 44100, 1, 200, 5000),  # mono through a stereo model, resampled both ways
         (1, 96000, 6, 1000, 20000),  # 6 channels at 96 kHz
-        (2, 8000, 6, 3000, 999),  # blocks smaller than a window, overlap above half a window
+        (2, 8000, 3, 3000, 999),  # blocks smaller than a window, overlap above half a window
         (1, RATE, 1, 0, 4000),  # no overlap
     ],
 )
-def test_stream_equals_separate(model_channels: int, rate: int, channels: int, padding: int,
-                                block: int) -> None:
+def test_stream_equals_separate(
+    model_channels: int, rate: int, channels: int, padding: int, block: int
+) -> None:
     model = tiny_model(model_channels)
-    x = torch.rand(channels, int(rate * 2.7) + 13) * 0.6 - 0.3
+    x = torch.rand(channels, int(rate * 1.2) + 13) * 0.6 - 0.3
     want = model.separate(x, sample_rate=rate, padding=padding, batch_size=3)
     stream = StreamingSeparation(model, rate, channels, rate, padding, batch_size=5)
     parts = [stream.push(b) for b in x.split(block, dim=-1)] + [stream.finish()]
@@ -118,10 +129,18 @@ def test_stream_output_rate() -> None:
 
 def test_track_names_follow_the_seeds_and_never_collide() -> None:
     assert track_names(["song.wav", "b/intro.flac", "c/intro.flac", "test/Song A/mixture.wav"]) == [
-        "song", "b/intro", "c/intro", "test/Song A"]
+        "song",
+        "b/intro",
+        "c/intro",
+        "test/Song A",
+    ]
     # Same name twice in one folder: both keep their file names.
     assert track_names(["a/x.wav", "a/x.flac", "a/y/mixture.wav", "a/y.mp3"]) == [
-        "a/x.wav", "a/x.flac", "a/y/mixture.wav", "a/y.mp3"]
+        "a/x.wav",
+        "a/x.flac",
+        "a/y/mixture.wav",
+        "a/y.mp3",
+    ]
 
 
 def test_sources_skip_outputs_inside_the_input_folder(tmp_path: Path) -> None:
@@ -136,9 +155,14 @@ def test_sources_skip_outputs_inside_the_input_folder(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("change", "field"),
-    [({"padding": -1}, "padding"), ({"format": "mp3"}, "format"),
-     ({"format": "flac", "subtype": "float"}, "subtype"), ({"duration": 0}, "duration"),
-     ({"workers": 0}, "workers"), ({"batch_size": 0}, "batch_size")],
+    [
+        ({"padding": -1}, "padding"),
+        ({"format": "mp3"}, "format"),
+        ({"format": "flac", "subtype": "float"}, "subtype"),
+        ({"duration": 0}, "duration"),
+        ({"workers": 0}, "workers"),
+        ({"batch_size": 0}, "batch_size"),
+    ],
 )
 def test_config_errors_name_the_field(change: dict, field: str) -> None:
     with pytest.raises(ConfigError) as err:
@@ -176,7 +200,9 @@ def write_inputs(root: str) -> None:
     storage.write_bytes(storage.join(root, "text.mp3"), b"ID3? no: just some text\n" * 40)
     buf = io.BytesIO()
     sf.write(buf, noise(2.0, RATE, 2), RATE, format="FLAC")
-    storage.write_bytes(storage.join(root, "truncated.flac"), buf.getvalue()[: buf.tell() // 2])
+    storage.write_bytes(
+        storage.join(root, "truncated.flac"), buf.getvalue()[: len(buf.getvalue()) // 2]
+    )
     nan = noise(1.0, RATE, 1)
     nan[12000] = np.nan
     put(storage.join(root, "nan.wav"), nan, RATE, "WAV", "FLOAT")
@@ -199,10 +225,26 @@ def check_outputs(model_url: str, inputs: str, summary, residual: bool) -> None:
     assert rows["song/mixture.ogg"].track == "song"
 
 
-def run(model_url: str, inputs: str, save: str, **options) -> object:
-    job = SeparateConfig(model=model_url, audio=inputs, save=save, residual=True, workers=2,
-                         subtype="FLOAT", block_seconds=0.4, **options)
+def run(model_url: str, inputs: str, save: str, **options) -> SeparationSummary:
+    job = SeparateConfig(
+        model=model_url,
+        audio=inputs,
+        save=save,
+        residual=True,
+        workers=2,
+        subtype="FLOAT",
+        batch_size=1,  # lets blocks be as short as one window: every file streams in several
+        block_seconds=0.4,
+        **options,
+    )
     return run_separation(job, echo=lambda line: None)
+
+
+def files_metric(job: str, status: str) -> float:
+    value = REGISTRY.get_sample_value(
+        "auralflow_separate_files_total", {"job": job, "status": status}
+    )
+    return value or 0.0
 
 
 @pytest.mark.usefixtures("ray_local")
@@ -216,9 +258,14 @@ def test_job_separates_good_files_reports_bad_ones_and_resumes(
     if local:  # a worker process exits for real on its first look at this file
         monkeypatch.setenv(CRASH_ONCE_ENV, "stereo.wav")
 
-    first = run(model_url, inputs, save)
-    assert (first.files, first.ok, first.failed, first.skipped) == (len(GOOD) + len(BAD),
-                                                                    len(GOOD), len(BAD), 0)
+    label = f"test-{uuid.uuid4().hex[:8]}"
+    first = run(model_url, inputs, save, job_name=label)
+    assert (first.files, first.ok, first.failed, first.skipped) == (
+        len(GOOD) + len(BAD),
+        len(GOOD),
+        len(BAD),
+        0,
+    )
     check_outputs(model_url, inputs, first, residual=True)
     rows = {r.input_url.rsplit("/", 1)[1]: r for r in first.results}
     for name, message in BAD.items():
@@ -230,6 +277,7 @@ def test_job_separates_good_files_reports_bad_ones_and_resumes(
     assert sorted(r["input_url"] for r in table) == sorted(r.input_url for r in first.results)
     assert storage.exists(first.results_csv_url)
     assert rows["hires.wav"].sample_rate == 96000 and rows["six.wav"].channels == 6
+    assert (files_metric(label, "ok"), files_metric(label, "failed")) == (len(GOOD), len(BAD))
 
     monkeypatch.delenv(CRASH_ONCE_ENV, raising=False)
     second = run(model_url, inputs, save)
@@ -248,17 +296,28 @@ def test_job_separates_good_files_reports_bad_ones_and_resumes(
 
 
 def test_unreadable_model_or_inputs_fail_at_the_edge(tmp_path: Path) -> None:
-    from auralflow_dist.errors import AuralflowError
-
-    with pytest.raises(AuralflowError, match="model.json"):
+    with pytest.raises(AuralflowError, match=r"model\.json"):
         run_separation(SeparateConfig(model=str(tmp_path), audio=str(tmp_path), save="x"))
     model_url = save_model(str(tmp_path / "model"))
     (tmp_path / "in").mkdir()
-    with pytest.raises(AuralflowError, match="no .wav"):
+    with pytest.raises(AuralflowError, match=r"no \.wav"):
         run_separation(SeparateConfig(model=model_url, audio=str(tmp_path / "in"), save="x"))
     with pytest.raises(ConfigError, match="padding"):
-        run_separation(SeparateConfig(model=model_url, audio=str(tmp_path), save="x",
-                                      padding=RATE))
+        run_separation(SeparateConfig(model=model_url, audio=str(tmp_path), save="x", padding=RATE))
+
+
+def test_job_entrypoint_prints_one_line_and_exits_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = Path(__file__).resolve().parents[1] / "jobs" / "separate.py"
+    spec = importlib.util.spec_from_file_location("separate_entrypoint", path)
+    entrypoint = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(entrypoint)
+    assert entrypoint.main([str(tmp_path / "nomodel"), str(tmp_path), "--save", "out"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "model.json" in err
+    assert entrypoint.main(["m", "a", "--save", "s", "--format", "flac", "--subtype", "f"]) == 2
+    assert capsys.readouterr().err.startswith("separate: error: --subtype: flac cannot hold F")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -278,8 +337,9 @@ def test_one_hour_file_streams_in_bounded_memory(tmp_path: Path) -> None:
     with sf.SoundFile(path, "w", rate, 1, "PCM_16") as f:
         for i in range(60):
             f.write(noise(60, rate, 1, seed=i))
-    job = SeparateConfig(model="unused", audio=str(path), save=str(tmp_path / "out"),
-                         residual=True).validate()
+    job = SeparateConfig(
+        model="unused", audio=str(path), save=str(tmp_path / "out"), residual=True
+    ).validate()
     separate = TrackSeparator(model, job, model_key="k", run_id="r")
     warm = tmp_path / "warm.wav"
     sf.write(warm, noise(65, rate, 1), rate)  # warms up every buffer at full block size

@@ -12,6 +12,9 @@ files are retried: Ray Data's actor pools default to ``max_restarts=-1, max_task
 
 from __future__ import annotations
 
+import dataclasses
+import datetime
+import json
 import os
 import posixpath
 import time
@@ -40,6 +43,7 @@ from auralflow_dist.separate.sources import Source, list_sources
 from auralflow_dist.separate.track import TrackSeparator, fingerprint
 
 MAX_ATTEMPTS = 3
+JOB_NAME = "_job.json"
 # Test hook: the worker exits (a real crash) the first time it is handed a file of this name.
 CRASH_ONCE_ENV = "AURALFLOW_SEPARATE_CRASH_ONCE"
 _MAX_BLOCKS = 10_000  # Ray Data blocks (units of scheduling and retry); one file each below this
@@ -61,8 +65,17 @@ class AttemptLedger:
 class FileSeparator:
     """A Ray Data pool actor: loads the model once, then separates each file it is given."""
 
-    def __init__(self, job: SeparateConfig, model_dir: str, model_key: str, run_id: str,
-                 s3: storage.S3Settings, threads: int, ledger: Any, crash_once: str) -> None:
+    def __init__(
+        self,
+        job: SeparateConfig,
+        model_dir: str,
+        model_key: str,
+        run_id: str,
+        s3: storage.S3Settings,
+        threads: int,
+        ledger: Any,
+        crash_once: str,
+    ) -> None:
         storage.configure(s3)
         torch.set_num_threads(threads)
         model = SpectrogramMaskModel.from_checkpoint(model_dir)
@@ -75,9 +88,15 @@ class FileSeparator:
             source = Source(str(url), str(track))
             attempt = ray.get(self.ledger.begin.remote(source.url))
             if attempt > MAX_ATTEMPTS:
-                result = FileResult(source.url, source.track, attempts=attempt - 1, error=(
-                    f"{storage.mask_url(source.url)}: the worker process died "
-                    f"{attempt - 1} times while separating this file"))
+                result = FileResult(
+                    source.url,
+                    source.track,
+                    attempts=attempt - 1,
+                    error=(
+                        f"{storage.mask_url(source.url)}: the worker process died "
+                        f"{attempt - 1} times while separating this file"
+                    ),
+                )
             else:
                 if attempt == 1 and posixpath.basename(source.url) == self.crash_once:
                     os._exit(1)
@@ -107,7 +126,9 @@ def _metrics(job: SeparateConfig, label: str, echo: Callable[[str], None]) -> Ca
         try:
             observability.serve(job.metrics_port)
         except OSError as err:
-            raise ConfigError("metrics_port", f"cannot serve on {job.metrics_port} ({err})") from None
+            raise ConfigError(
+                "metrics_port", f"cannot serve on {job.metrics_port} ({err})"
+            ) from None
     if job.pushgateway is None:
         return lambda: None
 
@@ -133,14 +154,34 @@ def run_separation(job: SeparateConfig, echo: Callable[[str], None] = print) -> 
     sources = list_sources(job.audio, exclude=job.save)
     if not sources:
         raise AudioError(f"{storage.mask_url(job.audio)}: no .wav, .flac, .ogg or .mp3 files")
+    run_id = uuid.uuid4().hex
+    # Provenance, written first: an output location that cannot be written fails here, not
+    # after every file has been separated.
+    storage.write_bytes(
+        storage.join(job.save, JOB_NAME),
+        storage.redact(
+            json.dumps(
+                {
+                    "run_id": run_id,
+                    "started": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+                    "files": len(sources),
+                    "model_dir": model_dir,
+                    "config": dataclasses.asdict(job),
+                },
+                indent=2,
+            )
+        ).encode(),
+    )
     label = job.job_name or posixpath.basename(job.save.rstrip("/")) or "separate"
     push = _metrics(job, label, echo)
 
     runtime.connect(job.address)
     ray.data.DataContext.get_current().enable_progress_bars = False
     workers, gpus, cpus = _resources(job, ray.cluster_resources())
-    echo(f"separating {len(sources)} files with {workers} worker(s) "
-         f"({gpus:g} GPU, {cpus:g} CPU each) into {storage.mask_url(job.save)}")
+    echo(
+        f"separating {len(sources)} files with {workers} worker(s) "
+        f"({gpus:g} GPU, {cpus:g} CPU each) into {storage.mask_url(job.save)}"
+    )
     ledger = AttemptLedger.remote()
     rows = [{"url": s.url, "track": s.track} for s in sources]
     dataset = ray.data.from_items(rows, override_num_blocks=min(len(rows), _MAX_BLOCKS))
@@ -151,9 +192,13 @@ def run_separation(job: SeparateConfig, echo: Callable[[str], None] = print) -> 
         num_cpus=cpus,
         num_gpus=gpus,
         fn_constructor_kwargs={
-            "job": job, "model_dir": model_dir, "model_key": model_key,
-            "run_id": uuid.uuid4().hex, "s3": storage.current_settings(),
-            "threads": max(1, int(cpus)), "ledger": ledger,
+            "job": job,
+            "model_dir": model_dir,
+            "model_key": model_key,
+            "run_id": run_id,
+            "s3": storage.current_settings(),
+            "threads": max(1, int(cpus)),
+            "ledger": ledger,
             "crash_once": os.environ.get(CRASH_ONCE_ENV, ""),
         },
     )
@@ -161,23 +206,32 @@ def run_separation(job: SeparateConfig, echo: Callable[[str], None] = print) -> 
     results: dict[str, FileResult] = {}
     last_push = time.monotonic()
     try:
-        for row in dataset.iter_rows():
-            result = FileResult.from_row(row)
-            results[result.input_url] = result
-            tally.add(result)
+        # Whole blocks (one file each), none prefetched: each result is counted as it lands.
+        for batch in dataset.iter_batches(batch_size=None, prefetch_batches=0):
+            for result in FileResult.from_batch(batch):
+                results[result.input_url] = result
+                tally.add(result)
             if time.monotonic() - last_push >= _PUSH_INTERVAL_S:
                 push()
                 last_push = time.monotonic()
     finally:
         ray.kill(ledger)
-    rows_out = [results.get(s.url) or FileResult(s.url, s.track, error="never processed")
-                for s in sources]
+    rows_out = [
+        results.get(s.url) or FileResult(s.url, s.track, error="never processed") for s in sources
+    ]
     parquet_url, csv_url = write_table(job.save, rows_out)
     push()
     counts = Counter(r.status for r in rows_out)
     return SeparationSummary(
-        save=job.save, files=len(sources), ok=counts["ok"], skipped=counts["skipped"],
-        failed=counts["failed"], audio_seconds=tally.audio_seconds,
-        wall_seconds=time.monotonic() - start, results_url=parquet_url, results_csv_url=csv_url,
-        duration=job.duration, results=rows_out,
+        save=job.save,
+        files=len(sources),
+        ok=counts["ok"],
+        skipped=counts["skipped"],
+        failed=counts["failed"],
+        audio_seconds=tally.audio_seconds,
+        wall_seconds=time.monotonic() - start,
+        results_url=parquet_url,
+        results_csv_url=csv_url,
+        duration=job.duration,
+        results=rows_out,
     )

@@ -44,16 +44,17 @@ class FileResult:
     attempts: int = 1  # > 1 when a worker died on this file and it was retried
 
     @classmethod
-    def from_row(cls, row: dict[str, Any]) -> FileResult:
-        """A result from a Ray Data row, whose values may be numpy scalars."""
-        kinds = {f.name: f.type for f in dataclasses.fields(cls)}
-        casts: dict[str, Callable[[Any], Any]] = {"str": str, "float": float, "int": int,
-                                                  "bool": bool}
-        return cls(**{k: casts[kinds[k]](row[k]) for k in kinds})
-
-    def columns(self) -> dict[str, list[Any]]:
-        """This result as a one-row batch of columns."""
-        return {k: [v] for k, v in dataclasses.asdict(self).items()}
+    def from_batch(cls, batch: dict[str, Any]) -> list[FileResult]:
+        """Results from a Ray Data batch of columns, whose values are numpy scalars."""
+        casts: dict[str, Callable[[Any], Any]] = {
+            "str": str,
+            "float": float,
+            "int": int,
+            "bool": bool,
+        }
+        kinds = {f.name: casts[f.type] for f in dataclasses.fields(cls)}
+        count = len(batch["input_url"])
+        return [cls(**{k: cast(batch[k][i]) for k, cast in kinds.items()}) for i in range(count)]
 
 
 def merge_columns(results: list[FileResult]) -> dict[str, list[Any]]:
@@ -104,18 +105,22 @@ class SeparationSummary:
             f"{self.wall_seconds:.1f} s ({self.realtime_factor:.1f}x real time)",
         ]
         if self.duration is not None:
-            lines.append(f"only the first {self.duration:g} s of each file were separated "
-                         "(--duration)")
-        lines.append(f"stems under {storage.mask_url(self.save)}; results in "
-                     f"{storage.mask_url(self.results_csv_url)}")
+            lines.append(
+                f"only the first {self.duration:g} s of each file were separated (--duration)"
+            )
+        lines.append(
+            f"stems under {storage.mask_url(self.save)}; results in "
+            f"{storage.mask_url(self.results_csv_url)}"
+        )
         return "\n".join(lines)
 
 
 class Tally:
     """Counts results as they arrive; prints a progress line now and then and feeds Prometheus."""
 
-    def __init__(self, total: int, job: str, echo: Callable[[str], None],
-                 interval: float = 5.0) -> None:
+    def __init__(
+        self, total: int, job: str, echo: Callable[[str], None], interval: float = 5.0
+    ) -> None:
         self.total, self.job, self.echo, self.interval = total, job, echo, interval
         self.start = time.monotonic()
         self.last_line = self.start
@@ -147,6 +152,8 @@ class Tally:
             self.echo(self.line())
 
     def line(self) -> str:
-        return (f"{self.done}/{self.total} files ({self.counts[SKIPPED]} skipped, "
-                f"{self.counts[FAILED]} failed), {self.audio_seconds / 3600:.2f} h audio, "
-                f"{self.audio_seconds / max(self.elapsed, 1e-9):.1f}x real time")
+        return (
+            f"{self.done}/{self.total} files ({self.counts[SKIPPED]} skipped, "
+            f"{self.counts[FAILED]} failed), {self.audio_seconds / 3600:.2f} h audio, "
+            f"{self.audio_seconds / max(self.elapsed, 1e-9):.1f}x real time"
+        )

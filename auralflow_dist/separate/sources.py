@@ -15,7 +15,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 from auralflow_dist import storage
-from auralflow_dist.errors import AuralflowError
+from auralflow_dist.errors import AudioError
 
 AUDIO_EXTENSIONS = ("wav", "flac", "ogg", "mp3")
 _MUSDB_MIXTURE = "mixture"
@@ -44,7 +44,7 @@ def list_sources(audio_url: str, exclude: str | None = None) -> list[Source]:
         urls = [audio_url]
         relative = [posixpath.basename(audio_url.rstrip("/"))]
         if not relative[0].lower().endswith(tuple("." + e for e in AUDIO_EXTENSIONS)):
-            raise AuralflowError(
+            raise AudioError(
                 f"{storage.mask_url(audio_url)}: not an audio file "
                 f"(expected {', '.join('.' + e for e in AUDIO_EXTENSIONS)})"
             )

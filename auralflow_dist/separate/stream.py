@@ -64,7 +64,9 @@ class StreamResampler:
         if self.orig_sr == self.new_sr:
             return self.pending[:, :0]
         periods = math.ceil(self.received / self.period)
-        self.pending = F.pad(self.pending, (0, periods * self.period - self.received + self.context))
+        self.pending = F.pad(
+            self.pending, (0, periods * self.period - self.received + self.context)
+        )
         before = self.emitted
         out = self._run()
         total = math.ceil(self.out_period * self.received / self.period)
@@ -88,8 +90,9 @@ class StreamResampler:
 class WindowStream:
     """`frame_signal` -> estimator -> `overlap_add` on a stream, with the whole-signal result."""
 
-    def __init__(self, estimate: Estimator, window: int, padding: int, channels: int,
-                 device: torch.device) -> None:
+    def __init__(
+        self, estimate: Estimator, window: int, padding: int, channels: int, device: torch.device
+    ) -> None:
         self.estimate, self.window, self.padding = estimate, window, padding
         self.hop = window - padding
         # The padded signal from the start of the next window; frame_signal's left padding first.
@@ -174,14 +177,22 @@ def window_estimator(model: SpectrogramMaskModel, batch_size: int) -> Estimator:
 class StreamingSeparation:
     """Input blocks at the file's rate in, (target, residual) blocks at the output rate out."""
 
-    def __init__(self, model: SpectrogramMaskModel, sample_rate: int, channels: int,
-                 output_rate: int, padding: int, batch_size: int) -> None:
+    def __init__(
+        self,
+        model: SpectrogramMaskModel,
+        sample_rate: int,
+        channels: int,
+        output_rate: int,
+        padding: int,
+        batch_size: int,
+    ) -> None:
         model_rate = model.config.sample_rate
         device = self.device = model.device
         self.channels = channels
         self.to_model = StreamResampler(sample_rate, model_rate, channels, device)
-        self.windows = WindowStream(window_estimator(model, batch_size), model.config.num_samples,
-                                    padding, channels, device)
+        self.windows = WindowStream(
+            window_estimator(model, batch_size), model.config.num_samples, padding, channels, device
+        )
         self.from_model = StreamResampler(model_rate, sample_rate, channels, device)
         self.to_output = StreamResampler(sample_rate, output_rate, 2 * channels, device)
         self.mixture = torch.zeros((channels, 0), device=device)  # input not yet matched

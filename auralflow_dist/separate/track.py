@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import queue
 import tempfile
@@ -47,8 +48,9 @@ def fingerprint(url: str) -> str:
     try:
         return str(fs.ukey(path))
     except Exception as err:
-        raise StorageError(f"{storage.mask_url(url)}: cannot stat ({type(err).__name__}: "
-                           f"{err})") from err
+        raise StorageError(
+            f"{storage.mask_url(url)}: cannot stat ({type(err).__name__}: {err})"
+        ) from err
 
 
 def _blocks(url: str, block_frames: int, limit: int | None) -> Iterator[np.ndarray]:
@@ -61,16 +63,20 @@ def _blocks(url: str, block_frames: int, limit: int | None) -> Iterator[np.ndarr
                 block = snd.read(min(block_frames, left), dtype="float32", always_2d=True)
             except sf.LibsndfileError as err:
                 reason = f": {err.error_string}" if err.error_string else ""
-                raise AudioError(f"{storage.mask_url(url)}: cannot decode past "
-                                 f"{start / snd.samplerate:.3f} s (corrupt or truncated"
-                                 f"{reason})") from err
+                raise AudioError(
+                    f"{storage.mask_url(url)}: cannot decode past "
+                    f"{start / snd.samplerate:.3f} s (corrupt or truncated"
+                    f"{reason})"
+                ) from err
             if len(block) == 0:
                 break  # a header that promises more frames than the file holds
             finite = np.isfinite(block)
             if not finite.all():
                 first = start + int(np.argmin(finite.all(axis=1)))
-                raise AudioError(f"{storage.mask_url(url)}: contains NaN/inf samples "
-                                 f"(first at {first / snd.samplerate:.3f} s)")
+                raise AudioError(
+                    f"{storage.mask_url(url)}: contains NaN/inf samples "
+                    f"(first at {first / snd.samplerate:.3f} s)"
+                )
             left -= len(block)
             start += len(block)
             yield np.ascontiguousarray(block.T)
@@ -146,9 +152,18 @@ class _Spool:
         if self.peak > 1.0 and subtype not in _FLOAT_SUBTYPES:
             gain = 1.0 / self.peak
         frame_bytes = 4 * self.channels
-        with open(self.path, "rb") as spool, storage.atomic_write(url) as out, sf.SoundFile(
-            out, "w", samplerate=sample_rate, channels=self.channels, format=fmt, subtype=subtype
-        ) as snd:
+        with (
+            open(self.path, "rb") as spool,
+            storage.atomic_write(url) as out,
+            sf.SoundFile(
+                out,
+                "w",
+                samplerate=sample_rate,
+                channels=self.channels,
+                format=fmt,
+                subtype=subtype,
+            ) as snd,
+        ):
             while chunk := spool.read(_ENCODE_FRAMES * frame_bytes):
                 frames = np.frombuffer(chunk, dtype=np.float32).reshape(-1, self.channels)
                 snd.write(frames * np.float32(gain) if gain != 1.0 else frames)
@@ -158,64 +173,82 @@ class _Spool:
 class TrackSeparator:
     """Separates files one at a time with one loaded model: skip, stream, encode, mark done."""
 
-    def __init__(self, model: SpectrogramMaskModel, job: SeparateConfig, model_key: str,
-                 run_id: str) -> None:
+    def __init__(
+        self, model: SpectrogramMaskModel, job: SeparateConfig, model_key: str, run_id: str
+    ) -> None:
         self.model, self.job, self.run_id = model, job, run_id
         self.target = model.config.target
         # What the outputs depend on: a marker written under other settings does not count.
         self.settings = {
-            "model": model_key, "target": self.target, "residual": job.residual,
-            "duration": job.duration, "sr": job.sr, "padding": job.padding,
-            "format": job.format, "subtype": job.file_subtype,
+            "model": model_key,
+            "target": self.target,
+            "residual": job.residual,
+            "duration": job.duration,
+            "sr": job.sr,
+            "padding": job.padding,
+            "format": job.format,
+            "subtype": job.file_subtype,
         }
 
     def __call__(self, source: Source) -> FileResult:
         start = time.monotonic()
         folder = storage.join(self.job.save, source.track)
-        outputs = [storage.join(folder, f"{self.target}.{self.job.format}")]
-        if self.job.residual:
-            outputs.append(storage.join(folder, f"residual.{self.job.format}"))
+        target_url = storage.join(folder, f"{self.target}.{self.job.format}")
+        residual_url = storage.join(folder, f"residual.{self.job.format}")
+        outputs = [target_url, residual_url] if self.job.residual else [target_url]
+        marker = storage.join(folder, DONE_NAME)
         result = FileResult(input_url=source.url, track=source.track)
         try:
             key = fingerprint(source.url)
-            marker = storage.join(folder, DONE_NAME)
-            done = None if self.job.overwrite else self._finished(marker, key, outputs)
-            if done is not None:
-                return done
+            record = self._record(marker)
+            if record is not None:
+                if not self.job.overwrite and self._complete(record, key, outputs):
+                    done = FileResult(**record["result"])
+                    # Done earlier in this very run (a batch retried after its worker died).
+                    done.status = OK if record.get("run_id") == self.run_id else SKIPPED
+                    return done
+                # Outputs are about to change: until the new marker, the track is not done.
+                storage.remove(marker, missing_ok=True)
             self._separate(source.url, result, outputs)
             result.status = OK
-            result.target_url, result.residual_url = (*outputs, "")[:2]
+            result.target_url = target_url
+            result.residual_url = residual_url if self.job.residual else ""
             result.seconds = time.monotonic() - start
             result.realtime_factor = result.duration_s / max(result.seconds, 1e-9)
-            storage.write_bytes(marker, json.dumps({
-                "run_id": self.run_id, "input_url": source.url, "fingerprint": key,
-                "settings": self.settings, "result": dataclasses.asdict(result),
-            }, indent=2).encode())
+            record = {
+                "run_id": self.run_id,
+                "input_url": source.url,
+                "fingerprint": key,
+                "settings": self.settings,
+                "result": dataclasses.asdict(result),
+            }
+            storage.write_bytes(marker, json.dumps(record, indent=2).encode())
             return result
         except AuralflowError as err:
             result.error = storage.redact(str(err))
         except Exception as err:  # a file must never stop the job: report it, go on
-            result.error = storage.redact(
-                f"{storage.mask_url(source.url)}: {type(err).__name__}: {err}")
+            result.error = storage.redact(f"{type(err).__name__}: {err}")
         result.status = FAILED
         if storage.mask_url(source.url) not in result.error:
             result.error = f"{storage.mask_url(source.url)}: {result.error}"
         result.seconds = time.monotonic() - start
         return result
 
-    def _finished(self, marker: str, key: str, outputs: list[str]) -> FileResult | None:
-        """The stored result when ``marker`` shows this input done with these settings."""
+    @staticmethod
+    def _record(marker: str) -> dict[str, Any] | None:
+        """The ``_done.json`` of a track, if it has a readable one."""
         try:
-            record = json.loads(storage.read_bytes(marker))
+            return json.loads(storage.read_bytes(marker))
         except (StorageError, ValueError):
             return None
-        if (record.get("fingerprint") != key or record.get("settings") != self.settings
-                or not all(storage.exists(u) for u in outputs)):
-            return None
-        done = FileResult(**record["result"])
-        # Done earlier in this very run (a retried batch after a worker died): it counts as ok.
-        done.status = OK if record.get("run_id") == self.run_id else SKIPPED
-        return done
+
+    def _complete(self, record: dict[str, Any], key: str, outputs: list[str]) -> bool:
+        """Whether ``record`` shows this very input separated with these settings, outputs intact."""
+        return (
+            record.get("fingerprint") == key
+            and record.get("settings") == self.settings
+            and all(storage.exists(u) for u in outputs)
+        )
 
     def _separate(self, url: str, result: FileResult, outputs: list[str]) -> None:
         job = self.job
@@ -227,9 +260,13 @@ class TrackSeparator:
         out_rate = job.sr or rate
         result.sample_rate, result.channels, result.output_sample_rate = rate, channels, out_rate
         result.trimmed = limit is not None and limit < header.frames
-        block_frames = max(1, round(job.block_seconds * rate))
-        stream = StreamingSeparation(self.model, rate, channels, out_rate, job.padding,
-                                     job.batch_size)
+        # At least one batch of windows per block, so the model always sees full batches.
+        hop = self.model.config.num_samples - job.padding
+        batch = math.ceil(job.batch_size * hop * rate / self.model.config.sample_rate)
+        block_frames = max(1, round(job.block_seconds * rate), batch)
+        stream = StreamingSeparation(
+            self.model, rate, channels, out_rate, job.padding, job.batch_size
+        )
         names = ["target", "residual"] if job.residual else ["target"]
         with tempfile.TemporaryDirectory(prefix="auralflow-separate-") as tmp:
             stems = [_Spool(os.path.join(tmp, f"{n}.f32"), channels) for n in names]
@@ -244,8 +281,9 @@ class TrackSeparator:
             for spool, out in zip(stems, outputs, strict=True):
                 spool.encode(out, out_rate, job.file_format, job.file_subtype)
 
-    def _run(self, stream: StreamingSeparation, blocks: Iterator[np.ndarray],
-             stems: list[_Spool]) -> int:
+    def _run(
+        self, stream: StreamingSeparation, blocks: Iterator[np.ndarray], stems: list[_Spool]
+    ) -> int:
         """Feed decoded blocks through the stream into the spools; returns frames read."""
         frames = 0
         reader = _Prefetch(blocks, _PREFETCH)
@@ -254,8 +292,9 @@ class TrackSeparator:
             try:
                 for block in reader:
                     frames += block.shape[-1]
-                    pending.append(writer.submit(self._spool, stems, stream.push(
-                        torch.from_numpy(block))))
+                    pending.append(
+                        writer.submit(self._spool, stems, stream.push(torch.from_numpy(block)))
+                    )
                     if len(pending) > _PREFETCH:
                         pending.pop(0).result()
                 if frames:

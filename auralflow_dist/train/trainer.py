@@ -22,7 +22,7 @@ from ray.train.torch import TorchTrainer
 from auralflow_dist import storage
 from auralflow_dist.config import ModelConfig, TrainerConfig
 from auralflow_dist.data import manifest, pipeline
-from auralflow_dist.errors import AuralflowError
+from auralflow_dist.errors import AuralflowError, ConfigError
 from auralflow_dist.session import write_trainer_config
 from auralflow_dist.train.loop import train_loop_per_worker
 
@@ -101,6 +101,11 @@ def _scaling(trainer: TrainerConfig) -> ray.train.ScalingConfig:
 def train(session: str, dataset_url: str, model_config: ModelConfig, trainer: TrainerConfig,
           resume: bool = False) -> TrainResult:
     """Train ``model_config`` on ``dataset_url`` (a dataset root or a manifest) into ``session``."""
+    per_epoch = trainer.max_samples // trainer.workers_max
+    if trainer.batch_size > per_epoch:
+        raise ConfigError("batch_size", f"{trainer.batch_size} is larger than the {per_epoch} "
+                          f"chunks each of {trainer.workers_max} worker(s) gets per epoch "
+                          f"(--max-samples {trainer.max_samples}): no batch would be full")
     table = load_manifest(dataset_url)
     write_trainer_config(session, trainer)
     run = _run_name(session, resume)

@@ -1,0 +1,146 @@
+"""What a sweep leaves behind: the table of trials, the metric plot and the best configs.
+
+``results.csv``/``.parquet`` hold one row per trial (errors included, so a crashed trial is a
+row with its reason, not a silence), ``metric_per_trial.png`` the metric over epochs, and
+``best/`` the winning trial's ``model.json`` and ``trainer.json`` for `auralflow train`.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import matplotlib.pyplot as plt
+import pandas as pd
+from matplotlib.ticker import MaxNLocator
+from ray.tune import ResultGrid
+
+from auralflow_dist import storage
+from auralflow_dist.config import ModelConfig, TrainerConfig
+from auralflow_dist.session import write_model_config, write_trainer_config
+from auralflow_dist.tune.space import Space
+from auralflow_dist.visualize import _png
+
+RESULTS_CSV = "results.csv"
+RESULTS_PARQUET = "results.parquet"
+PLOT = "metric_per_trial.png"
+BEST = "best"
+STATUSES = ("ok", "stopped", "errored")
+
+
+@dataclass
+class TrialOutcome:
+    """One trial as the table shows it; ``history`` is ``(epoch, metric)`` per report."""
+
+    trial_id: str
+    status: str
+    config: dict[str, Any]
+    epochs: int = 0
+    final: float | None = None
+    best: float | None = None
+    error: str | None = None
+    history: list[tuple[int, float]] = field(default_factory=list)
+
+
+def error_line(err: BaseException) -> str:
+    """The reason a trial failed, in one line: the trial's own exception, not Ray's wrapping."""
+    cause = getattr(err, "cause", None) or err
+    lines = [line.strip() for line in str(cause).splitlines() if line.strip()]
+    return (lines[-1] if lines else type(cause).__name__)[:500]
+
+
+def outcomes(grid: ResultGrid, metric: str, mode: str, max_epochs: int) -> list[TrialOutcome]:
+    """Every trial of ``grid``: ok (trained to its end), stopped (by the scheduler) or errored."""
+    found = []
+    for result in grid:
+        trial_id = result.path.rstrip("/").rsplit("/", 1)[-1]
+        frame = result.metrics_dataframe
+        history = []
+        if frame is not None and metric in frame and "epoch" in frame:
+            rows = frame[["epoch", metric]].dropna()
+            # A trial restarted from its checkpoint reports some epochs again: the last counts.
+            by_epoch = {int(e): float(v) for e, v in rows.itertuples(index=False)}
+            history = sorted(by_epoch.items())
+        outcome = TrialOutcome(trial_id, "ok", dict(result.config or {}), history=history)
+        last = result.metrics or {}
+        if history:
+            values = [v for _, v in history]
+            outcome.epochs = history[-1][0]
+            outcome.final = values[-1]
+            outcome.best = max(values) if mode == "max" else min(values)
+        if result.error is not None:
+            outcome.status, outcome.error = "errored", error_line(result.error)
+        elif outcome.epochs < max_epochs and not last.get("stopped_early"):
+            outcome.status = "stopped"
+        found.append(outcome)
+    return found
+
+
+def best_outcome(found: Sequence[TrialOutcome], mode: str) -> TrialOutcome | None:
+    """The trial with the best metric at any epoch, errored trials aside."""
+    scored = [o for o in found if o.status != "errored" and o.best is not None
+              and math.isfinite(o.best)]
+    if not scored:
+        return None
+    pick = max if mode == "max" else min
+    return pick(scored, key=lambda o: o.best)
+
+
+def table(found: Sequence[TrialOutcome], space: Space, metric: str, mode: str) -> pd.DataFrame:
+    """One row per trial, best first, errored last; swept values as ``section.field`` columns."""
+    sign = -1 if mode == "max" else 1
+
+    def order(o: TrialOutcome) -> tuple:
+        return (o.status == "errored", o.best is None, sign * (o.best or 0.0), o.trial_id)
+
+    rows = [
+        {"trial_id": o.trial_id, "status": o.status, "epochs": o.epochs,
+         f"final_{metric}": o.final, f"best_{metric}": o.best, **space.flat(o.config),
+         "error": o.error}
+        for o in sorted(found, key=order)
+    ]
+    return pd.DataFrame(rows)
+
+
+def plot(found: Sequence[TrialOutcome], metric: str, best: str | None) -> bytes:
+    """The metric over epochs, one line per trial; the best one drawn thick."""
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    for o in found:
+        if not o.history:
+            continue
+        epochs, values = zip(*o.history, strict=True)
+        thick = o.trial_id == best
+        ax.plot(epochs, values, "o-", linewidth=2.5 if thick else 1.0, markersize=3,
+                alpha=1.0 if thick else 0.7, label=f"{o.trial_id} ({o.status})")
+    ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylabel(metric)
+    ax.grid(alpha=0.3)
+    if 0 < len(found) <= 20:
+        ax.legend(fontsize=7)
+    ax.set_title(f"{metric} per trial")
+    return _png(fig)
+
+
+def write_results(sweep_url: str, found: Sequence[TrialOutcome], space: Space, metric: str,
+                  mode: str, best: str | None) -> str:
+    """Write the table (CSV and Parquet) and the plot; returns the CSV's URL."""
+    frame = table(found, space, metric, mode)
+    csv_url = storage.join(sweep_url, RESULTS_CSV)
+    storage.write_bytes(csv_url, frame.to_csv(index=False).encode())
+    buffer = io.BytesIO()
+    frame.to_parquet(buffer, index=False)
+    storage.write_bytes(storage.join(sweep_url, RESULTS_PARQUET), buffer.getvalue())
+    storage.write_bytes(storage.join(sweep_url, PLOT), plot(found, metric, best))
+    return csv_url
+
+
+def export_best(sweep_url: str, model: ModelConfig, trainer: TrainerConfig) -> str:
+    """``best/model.json`` and ``best/trainer.json``: a session `auralflow train` starts from."""
+    url = storage.join(sweep_url, BEST)
+    write_model_config(url, model, overwrite=True)
+    write_trainer_config(url, trainer)
+    return url

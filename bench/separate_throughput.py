@@ -1,0 +1,103 @@
+"""Throughput of the bulk separation job beside the bare model's ``separate()`` on the same files.
+
+Generates a folder of tracks, then measures in one run: a plain loop (read the whole file,
+``separate()`` it, all CPU threads) and the whole Ray job (listing, actor start-up, streaming
+reads, separation, encoding, writing, the results table) with 1 and 2 actors, each actor's CPU
+share given to torch. Prints audio seconds per wall-clock second and the job / loop ratio; the
+"in workers" column leaves out the fixed start-up (actor processes importing torch, loading
+the model), which a long job amortises.
+
+    python -m bench.separate_throughput [--tracks 6] [--seconds 20] [--workers 1 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+
+import torch
+
+from auralflow_dist import audio, runtime, storage
+from auralflow_dist.config import ModelConfig
+from auralflow_dist.data.generate import synthesize_track
+from auralflow_dist.models import registry
+from auralflow_dist.models.mask_model import SpectrogramMaskModel
+from auralflow_dist.separate import SeparateConfig, run_separation
+
+
+def make_inputs(folder: str, tracks: int, seconds: float, rate: int) -> list[str]:
+    urls = []
+    for i in range(tracks):
+        url = storage.join(folder, f"track_{i:02d}.wav")
+        audio.write(url, synthesize_track(i, seconds, rate)["mixture"], rate)
+        urls.append(url)
+    return urls
+
+
+def bare_loop(model_dir: str, urls: list[str], padding: int, batch_size: int) -> float:
+    """Audio seconds per second of read + ``separate()``, one file after another."""
+    torch.set_num_threads(os.cpu_count() or 1)
+    model = SpectrogramMaskModel.from_checkpoint(model_dir, device="cpu")
+    x, rate = audio.read(urls[0], frames=5 * audio.info(urls[0]).sample_rate)
+    model.separate(x, sample_rate=rate, padding=padding, batch_size=batch_size)  # warm-up
+    total, start = 0.0, time.perf_counter()
+    for url in urls:
+        x, rate = audio.read(url)
+        model.separate(x, sample_rate=rate, padding=padding, batch_size=batch_size)
+        total += x.shape[-1] / rate
+    return total / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tracks", type=int, default=6)
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--sample-rate", type=int, default=44100)
+    parser.add_argument("--num-channels", type=int, default=2, help="1: mono model, 2: stereo")
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--workdir", default=None, help="default: a temporary folder")
+    args = parser.parse_args()
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+    with tempfile.TemporaryDirectory(prefix="auralflow-bench-") as tmp:
+        work = args.workdir or tmp
+        config = ModelConfig(sample_rate=args.sample_rate, num_channels=args.num_channels)
+        config = config.validate()
+        torch.manual_seed(0)
+        model_dir = storage.join(work, "model")
+        registry.save_checkpoint(model_dir, config, registry.build_network(config))
+        urls = make_inputs(storage.join(work, "in"), args.tracks, args.seconds, args.sample_rate)
+        audio_s = args.tracks * args.seconds
+        print(
+            f"{config.model_type} ({config.num_channels} ch, {config.sample_rate} Hz), "
+            f"{args.tracks} tracks x {args.seconds:g} s stereo, {os.cpu_count()} CPUs"
+        )
+        runtime.connect()  # start Ray first: its start-up is not the job's
+
+        loop = bare_loop(model_dir, urls, 200, args.batch_size)
+        print(f"{'':<22}{'audio s/s':>10}{'vs loop':>9}{'in workers':>12}{'vs loop':>9}")
+        print(f"{'separate() loop':<22}{loop:>10.2f}{1.0:>9.2f}")
+        for workers in args.workers:
+            job = SeparateConfig(
+                model=model_dir,
+                audio=storage.join(work, "in"),
+                save=storage.join(work, f"out{workers}"),
+                workers=workers,
+                batch_size=args.batch_size,
+                overwrite=True,
+            )
+            summary = run_separation(job, echo=lambda line: None)
+            assert summary.ok == args.tracks, summary.describe()
+            busy = sum(r.seconds for r in summary.results) / workers
+            whole, warm = audio_s / summary.wall_seconds, audio_s / busy
+            print(
+                f"{f'job, {workers} actor(s)':<22}{whole:>10.2f}{whole / loop:>9.2f}"
+                f"{warm:>12.2f}{warm / loop:>9.2f}"
+            )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,189 @@
+"""Training on a real local Ray: 2 CPU workers (gloo), the generated dataset, local and S3."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+import torch
+
+from auralflow_dist import storage
+from auralflow_dist.cli import main
+from auralflow_dist.config import ModelConfig, TrainerConfig, from_dict
+from auralflow_dist.data.generate import write_dataset
+from auralflow_dist.data.manifest import SCHEMA, write_manifest
+from auralflow_dist.errors import AuralflowError, ConfigError, StorageError
+from auralflow_dist.models.mask_model import SpectrogramMaskModel
+from auralflow_dist.session import write_model_config
+from auralflow_dist.train.trainer import train
+
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_local")]
+
+MODEL = {"hidden_channels": 4, "sample_rate": 8000, "sample_length": 0.5, "num_fft": 256,
+         "window_size": 256, "hop_length": 128}
+TRAINER = {"max_samples": 48, "batch_size": 4, "val_chunks": 8, "lr": 2e-3, "num_workers": 2,
+           "workers_min": 2, "workers_max": 2, "image_freq": 2, "shuffle_buffer": 16,
+           "pre_fetch": 2}
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> str:
+    root = str(tmp_path_factory.mktemp("train-data") / "data")
+    write_dataset(root, tracks=6, seconds=4.0, seed=3, sample_rate=8000)
+    return root
+
+
+def model_config(**kw) -> ModelConfig:
+    return from_dict(ModelConfig, {**MODEL, **kw})
+
+
+def trainer_config(**kw) -> TrainerConfig:
+    return from_dict(TrainerConfig, {**TRAINER, **kw})
+
+
+def history(session: str) -> list[dict[str, str]]:
+    lines = storage.read_bytes(storage.join(session, "history.csv")).decode().splitlines()
+    keys = lines[0].split(",")
+    return [dict(zip(keys, line.split(","), strict=True)) for line in lines[1:]]
+
+
+def test_short_run_learns_and_fills_the_session_folder(storage_root, dataset, capsys):
+    session = storage.join(storage_root, "session")
+    write_model_config(session, model_config())
+    trainer = trainer_config(max_epochs=3, tensorboard=True, view_iter=True, view_epoch=True,
+                             view_weights=True, view_grad=True, view_norm=True,
+                             play_estimate=True, play_residual=True, view_spec=True,
+                             view_wav=True)
+    result = train(session, dataset, model_config(), trainer)
+    assert result.epochs == 3
+    m = result.metrics
+    assert m["val_si_sdr"] > m["val_si_sdr_mixture"] + 0.5, m
+    for name in ("model.json", "trainer.json", "loss_curve.png", "history.csv",
+                 "best/model.json", "best/weights.pt", "spectrogram/vocals_epoch_0002.png",
+                 "waveform/vocals_epoch_0002.png"):
+        assert storage.exists(storage.join(session, name)), name
+    runs = storage.find_files(storage.join(session, "runs"))
+    assert any("tfevents" in url for url in runs)
+    checkpoints = storage.find_files(storage.join(session, "checkpoints"))
+    assert any(url.endswith("checkpoint_epoch_0003/weights.pt") for url in checkpoints)
+    assert [int(float(h["epoch"])) for h in history(session)] == [1, 2, 3]
+    out = capsys.readouterr().out
+    assert "global" in out  # batch per worker and global, stated in the log
+    # The exported best model separates.
+    best = SpectrogramMaskModel.from_checkpoint(session, device="cpu")
+    assert best.separate(torch.zeros(1, 8000)).shape == (1, 8000)
+
+
+def test_resume_continues_exactly_where_it_stopped(tmp_path, dataset):
+    stopped, straight = str(tmp_path / "stopped"), str(tmp_path / "straight")
+    for session in (stopped, straight):
+        write_model_config(session, model_config())
+    first = train(stopped, dataset, model_config(), trainer_config(max_epochs=2))
+    resumed = train(stopped, dataset, model_config(), trainer_config(max_epochs=3), resume=True)
+    never = train(straight, dataset, model_config(), trainer_config(max_epochs=3))
+    assert first.run == resumed.run
+    assert resumed.epochs == never.epochs == 3
+    assert resumed.metrics["global_step"] == never.metrics["global_step"]
+    assert [h["epoch"] for h in history(stopped)] == [h["epoch"] for h in history(straight)]
+    # The best score carried over: it is the minimum over all three epochs.
+    losses = [float(h["val_loss"]) for h in history(stopped)]
+    assert math.isclose(resumed.best_val_loss, min(losses), rel_tol=1e-6)
+
+
+def test_nan_loss_stops_clearly_and_keeps_the_last_good_checkpoint(tmp_path, dataset):
+    session = str(tmp_path / "s")
+    write_model_config(session, model_config())
+    train(session, dataset, model_config(), trainer_config(max_epochs=1))
+    with pytest.raises(AuralflowError, match="NaN") as err:
+        train(session, dataset, model_config(),
+              trainer_config(max_epochs=3, lr=1e30, lr_lstm=1e30), resume=True)
+    assert "last good checkpoint" in str(err.value)
+    good = Path(session, "checkpoints").glob("*/checkpoint_epoch_0001")
+    (ckpt,) = list(good)
+    assert not list(Path(session, "checkpoints").glob("*/checkpoint_epoch_0002"))
+    restored = SpectrogramMaskModel.from_checkpoint(str(ckpt), device="cpu")
+    assert all(torch.isfinite(p).all() for p in restored.model.parameters())
+
+
+def test_bad_inputs_fail_before_training(tmp_path, dataset):
+    session = str(tmp_path / "s")
+    write_model_config(session, model_config())
+    with pytest.raises(StorageError, match="nowhere"):
+        train(session, str(tmp_path / "nowhere"), model_config(), trainer_config())
+    empty = str(tmp_path / "empty.parquet")
+    write_manifest(pa.Table.from_pylist([], schema=SCHEMA), empty)
+    with pytest.raises(AuralflowError, match="no train tracks"):
+        train(session, empty, model_config(), trainer_config())
+    with pytest.raises(ConfigError, match="batch_size"):
+        train(session, dataset, model_config(), trainer_config(batch_size=64))
+
+
+def test_cli_train_flags_reach_trainer_json(tmp_path, dataset, capsys):
+    session = str(tmp_path / "cli")
+    assert main(["config", "SpectrogramNetSimple", "--save", session, "--sample-rate", "8000",
+                 "--sample-length", "0.5", "--num-fft", "256", "--window-size", "256",
+                 "--hop-length", "128", "--hidden-channels", "4"]) == 0
+    rc = main(["train", session, dataset, "--workers", "1", "--max-epochs", "1",
+               "--max-samples", "16", "--batch-size", "4", "--val-chunks", "4",
+               "--criterion", "si-sdr", "--min_delta", "0.02", "--view-wave", "--silent",
+               "--clip-grad", "true", "--use-amp", "false", "--display"])
+    assert rc == 0
+    saved = json.loads(Path(session, "trainer.json").read_text())
+    assert saved["criterion"] == "si_sdr" and saved["min_delta"] == 0.02
+    assert saved["view_wav"] is True and saved["clip_grad"] is True and saved["use_amp"] is False
+    out = capsys.readouterr().out
+    assert "trained 1 epoch" in out
+    assert "[train] epoch" not in out  # --silent
+
+
+FAULT_SCRIPT = textwrap.dedent('''
+    import os, sys, threading, time
+    os.environ["RAY_AUTH_MODE"] = "disabled"
+    import ray
+    from ray.cluster_utils import Cluster
+    from ray._private import state
+    from auralflow_dist.config import ModelConfig, TrainerConfig, from_dict
+    from auralflow_dist.session import write_model_config
+    from auralflow_dist.train.trainer import train
+
+    session, dataset, model, trainer = sys.argv[1], sys.argv[2], eval(sys.argv[3]), eval(sys.argv[4])
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    nodes = [cluster.add_node(num_cpus=2) for _ in range(2)]
+    ray.init(address=cluster.address)
+    cluster.wait_for_nodes()
+    model = from_dict(ModelConfig, model)
+    write_model_config(session, model)
+    out = {}
+    thread = threading.Thread(target=lambda: out.update(r=train(
+        session, dataset, model, from_dict(TrainerConfig, trainer))))
+    thread.start()
+    first = os.path.join(session, "history.csv")
+    while not os.path.exists(first) and thread.is_alive():
+        time.sleep(0.2)
+    time.sleep(1.0)  # well inside epoch 2
+    hosts = {a["Address"]["NodeID"] for a in state.actors().values()
+             if a["ActorClassName"].endswith("RayTrainWorker") and a["State"] == "ALIVE"}
+    victim = next(n for n in nodes if n.node_id in hosts)
+    cluster.remove_node(victim)
+    print("removed a node hosting a training worker", flush=True)
+    thread.join()
+    print("EPOCHS", out["r"].epochs, flush=True)
+''')
+
+
+def test_a_lost_node_mid_epoch_does_not_fail_the_run(tmp_path, dataset):
+    """A ray.cluster_utils.Cluster with two worker nodes, run in its own process."""
+    trainer = {**TRAINER, "max_epochs": 3, "max_samples": 96, "workers_min": 1,
+               "workers_max": 2, "max_failures": 3}
+    proc = subprocess.run(
+        [sys.executable, "-c", FAULT_SCRIPT, str(tmp_path / "s"), dataset, repr(MODEL),
+         repr(trainer)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "removed a node" in proc.stdout and "EPOCHS 3" in proc.stdout
+    assert [int(float(h["epoch"])) for h in history(str(tmp_path / "s"))] == [1, 2, 3]

@@ -1,0 +1,444 @@
+"""Hyperparameter sweeps: the space file, the sweep settings, the results, and real sweeps.
+
+The fast tests check everything a user can get wrong before a trial starts. The slow ones run
+real Tune sweeps of real Ray Train runs on a generated dataset (8 kHz, a 4-channel U-Net) into a
+local folder and onto the S3 test server, crash trials on purpose, and kill a sweep's driver
+half-way to resume it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import ray
+import yaml
+
+from auralflow_dist import storage
+from auralflow_dist.config import ModelConfig, TrainerConfig, to_json
+from auralflow_dist.data.generate import write_dataset
+from auralflow_dist.errors import AuralflowError, ConfigError
+from auralflow_dist.session import read_model_config, read_trainer_config
+from auralflow_dist.tune import SweepConfig, parse_space, read_space, run_sweep
+from auralflow_dist.tune import results as tune_results
+from auralflow_dist.tune import space as tune_space
+
+REPO = Path(__file__).resolve().parents[1]
+PNG = b"\x89PNG\r\n\x1a\n"
+TINY_MODEL = ModelConfig(sample_rate=8000, num_fft=256, window_size=256, hop_length=128,
+                         sample_length=0.5, hidden_channels=4)
+TINY_TRAINER = TrainerConfig(max_samples=16, val_chunks=4, batch_size=4, max_epochs=2,
+                             num_workers=1, decode_cpus=0.5, image_freq=100, silent=True)
+SPACE = {"trainer.lr": {"loguniform": [1e-4, 1e-2]}, "model.hidden_channels": {"choice": [2, 4]}}
+
+
+def write(path: Path, text: str) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return str(path)
+
+
+def write_base(url: str) -> None:
+    """A session with the tiny model.json and trainer.json (the sweep's base configs)."""
+    storage.write_bytes(storage.join(url, "model.json"), to_json(TINY_MODEL).encode())
+    storage.write_bytes(storage.join(url, "trainer.json"), to_json(TINY_TRAINER).encode())
+
+
+# ----------------------------------------------------------------------------------------------
+# The space file
+
+
+def test_space_reads_yaml_and_json_alike(tmp_path: Path) -> None:
+    text = """\
+    lr: {loguniform: [1e-4, 1e-2]}          # YAML reads 1e-4 as a string: still a number here
+    model.hidden_channels: {choice: [8, "16"]}
+    num_fft: {grid: [512, 1024]}
+    data.augment_gain: {choice: [true, "false"]}
+    trainer.batch_size: {randint: [4, 9]}
+    dropout_p: {uniform: [0.1, 0.5]}
+    """
+    space = read_space(write(tmp_path / "space.yaml", textwrap.dedent(text)))
+    assert [p.name for p in space.params] == [
+        "trainer.lr", "model.hidden_channels", "model.num_fft", "trainer.augment_gain",
+        "trainer.batch_size", "model.dropout_p"]
+    assert space.params[0].values == (1e-4, 1e-2)
+    assert space.params[1].values == (8, 16)
+    assert space.params[3].values == (True, False)
+    assert space.params[4].candidates == (4, 8)  # randint's high is exclusive
+    as_json = read_space(write(tmp_path / "space.json", json.dumps(space.to_dict())))
+    assert as_json.params == space.params
+
+
+def test_space_feeds_tune_and_trials(tmp_path: Path) -> None:
+    from ray.tune.search.sample import Categorical, Float
+
+    space = parse_space({"trainer.lr": {"loguniform": [1e-4, 1e-2]},
+                         "model.hidden_channels": {"choice": [2, 4]},
+                         "model.num_fft": {"grid": [256, 512]}})
+    random = space.param_space("random")
+    assert isinstance(random["trainer"]["lr"], Float)
+    assert isinstance(random["model"]["hidden_channels"], Categorical)
+    assert random["model"]["num_fft"] == {"grid_search": [256, 512]}
+    assert space.param_space("grid")["model"]["hidden_channels"] == {"grid_search": [2, 4]}
+    with pytest.raises(ConfigError, match="optuna cannot search grid entries"):
+        space.param_space("optuna")
+    assert set(space.mutations()["trainer"]) == {"lr"}  # the network stays as cloned
+
+    sample = {"model": {"hidden_channels": 2, "num_fft": 512}, "trainer": {"lr": 3e-3}}
+    base = ModelConfig(window_size=256, hop_length=128)
+    model, trainer = space.configs(sample, base, TrainerConfig())
+    assert (model.hidden_channels, model.num_fft, trainer.lr) == (2, 512, 3e-3)
+    assert space.flat(sample) == {"trainer.lr": 3e-3, "model.hidden_channels": 2,
+                                  "model.num_fft": 512}
+
+
+BAD_SPACES = [
+    ({"trainer.lrr": {"choice": [0.1]}}, "trainer.lrr", "did you mean lr"),
+    ({"hiden_channels": {"choice": [4]}}, "hiden_channels", "did you mean hidden_channels"),
+    ({"optim.lr": {"choice": [0.1]}}, "optim.lr", "unknown section"),
+    ({"lr": {"normal": [0, 1]}}, "lr", "one of choice, grid"),
+    ({"lr": [0.1, 0.2]}, "lr", "expected {distribution: values}"),
+    ({"lr": {"choice": [0.1], "grid": [0.2]}}, "lr", "expected {distribution: values}"),
+    ({"lr": {"choice": []}}, "lr", "non-empty list"),
+    ({"lr": {"uniform": [0.1]}}, "lr", r"needs \[low, high\]"),
+    ({"lr": {"uniform": [0.2, 0.1]}}, "lr", "low < high"),
+    ({"lr": {"loguniform": [0.0, 0.1]}}, "lr", "low > 0"),
+    ({"hidden_channels": {"uniform": [2, 8]}}, "hidden_channels", "use randint or choice"),
+    ({"lr": {"randint": [1, 5]}}, "lr", "does not fit a float"),
+    ({"hidden_channels": {"choice": [4, "many"]}}, "hidden_channels", "expected an integer"),
+    ({"max_epochs": {"choice": [2, 4]}}, "max_epochs", "--max-epochs"),
+    ({"lr": {"choice": [0.1]}, "trainer.lr": {"choice": [0.2]}}, "trainer.lr", "given twice"),
+    ({}, "space", "expected a mapping"),
+]
+
+
+@pytest.mark.parametrize(("data", "field", "message"), BAD_SPACES)
+def test_bad_space_is_one_clear_error(data: dict, field: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message) as info:
+        parse_space(data, "my_space.yaml")
+    assert info.value.field == field
+    assert "my_space.yaml" in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_ambiguous_bare_name_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    @dataclasses.dataclass
+    class Overlapping:  # no shipped field name is in both configs yet; a future one would be
+        lr: float = 0.1
+        hidden_channels: int = 4
+
+    monkeypatch.setitem(tune_space.SECTIONS, "trainer", Overlapping)
+    with pytest.raises(ConfigError, match=r"ambiguous: write model\.hidden_channels"):
+        parse_space({"hidden_channels": {"choice": [4]}})
+
+
+@pytest.mark.parametrize(("suffix", "text", "message"), [
+    (".yaml", "lr: {choice: [0.1]\n", "not valid YAML at line"),
+    (".json", '{"lr": ', "not valid JSON"),
+    (".toml", "lr = 1", "expected a .json, .yaml or .yml file"),
+])
+def test_unreadable_space_file_names_the_file(tmp_path: Path, suffix: str, text: str,
+                                              message: str) -> None:
+    path = write(tmp_path / f"space{suffix}", text)
+    with pytest.raises(ConfigError, match=message) as info:
+        read_space(path)
+    assert path in str(info.value)
+
+
+@pytest.mark.parametrize(("data", "field", "message"), [
+    ({"dropout_p": {"choice": [0.2, 1.5]}}, "model.dropout_p", "1.5 is invalid"),
+    ({"lr": {"uniform": [-0.1, 0.1]}}, "trainer.lr", "lr: must be positive"),
+    ({"model_type": {"choice": ["SpectrogramNetSimple", "UNet9"]}}, "model.model_type",
+     "unknown model 'UNet9'"),
+    ({"criterion": {"choice": ["si_sdr", "l3"]}}, "trainer.criterion", "unknown criterion"),
+    # The base's window (1024) is wider than either FFT and the space does not move it.
+    ({"num_fft": {"choice": [256, 512]}}, "model.num_fft", "window_size: must be in"),
+])
+def test_values_the_configs_reject_fail_before_any_trial(data: dict, field: str,
+                                                         message: str) -> None:
+    space = parse_space(data)
+    with pytest.raises(ConfigError, match=message) as info:
+        space.check(ModelConfig(), TrainerConfig())
+    assert info.value.field == field
+
+
+def test_stft_combinations_pass_the_check_and_fail_their_own_trial() -> None:
+    space = parse_space({"num_fft": {"grid": [256, 512]}, "window_size": {"grid": [256, 512]},
+                         "hop_length": {"choice": [128]}})
+    space.check(ModelConfig(), TrainerConfig())  # each value works with some other value
+    sample = {"model": {"num_fft": 256, "window_size": 512, "hop_length": 128}}
+    with pytest.raises(ConfigError, match=r"window_size: must be in 1\.\.num_fft"):
+        space.configs(sample, ModelConfig(), TrainerConfig())
+
+
+def test_pbt_needs_a_trainer_field_to_mutate() -> None:
+    with pytest.raises(ConfigError, match="pbt needs a trainer field"):
+        parse_space({"hidden_channels": {"choice": [4, 8]}}).mutations()
+
+
+# ----------------------------------------------------------------------------------------------
+# Sweep settings
+
+
+@pytest.mark.parametrize(("changes", "field", "message"), [
+    ({"scheduler": "hyperband"}, "scheduler", "choose from asha, pbt, fifo"),
+    ({"search": "bayes"}, "search", "choose from random, grid, optuna"),
+    ({"metric": "val_sdr"}, "metric", "unknown metric"),
+    ({"metric": "val_loss", "mode": "max"}, "mode", "use min"),
+    ({"num_samples": 0}, "num_samples", "at least 1"),
+    ({"max_concurrent": -1}, "max_concurrent", "must not be negative"),
+    ({"max_epochs": 0}, "max_epochs", "at least 1"),
+    ({"model_type": "UNet9"}, "model_type", "unknown model"),
+    ({"scheduler": "pbt", "search": "optuna"}, "search", "optuna cannot steer a pbt sweep"),
+])
+def test_sweep_config_rejects_bad_settings(changes: dict, field: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message) as info:
+        SweepConfig("sweep", "data", space="s.yaml", **changes).validate()
+    assert info.value.field == field
+
+
+def test_sweep_config_takes_the_metrics_direction() -> None:
+    assert SweepConfig("s", "d", metric="val_loss").validate().mode == "min"
+    assert SweepConfig("s", "d").validate().mode == "max"
+
+
+def test_bad_space_stops_the_sweep_before_ray_or_any_write(tmp_path: Path) -> None:
+    sweep_dir = tmp_path / "sweep"
+    space = write(tmp_path / "space.yaml", "trainer.lr: {loguniform: [0, 0.1]}\n")
+    ray_before = ray.is_initialized()
+    with pytest.raises(ConfigError, match="loguniform needs low > 0"):
+        run_sweep(SweepConfig(str(sweep_dir), str(tmp_path / "data"), space=space))
+    assert not sweep_dir.exists()
+    assert ray.is_initialized() == ray_before
+
+
+# ----------------------------------------------------------------------------------------------
+# Results
+
+
+def test_results_table_puts_the_best_first_and_errors_last(tmp_path: Path) -> None:
+    space = parse_space({"lr": {"choice": [0.1, 0.01]}})
+    found = [
+        tune_results.TrialOutcome("t2", "errored", {"trainer": {"lr": 0.1}},
+                                  error="criterion: kl_div needs a VAE"),
+        tune_results.TrialOutcome("t0", "stopped", {"trainer": {"lr": 0.1}}, 1, -3.0, -3.0,
+                                  history=[(1, -3.0)]),
+        tune_results.TrialOutcome("t1", "ok", {"trainer": {"lr": 0.01}}, 2, 1.5, 1.5,
+                                  history=[(1, 0.5), (2, 1.5)]),
+    ]
+    best = tune_results.best_outcome(found, "max")
+    assert best is not None and best.trial_id == "t1"
+    url = tune_results.write_results(str(tmp_path), found, space, "val_si_sdr", "max", "t1")
+    frame = pd.read_csv(url)
+    assert list(frame["trial_id"]) == ["t1", "t0", "t2"]
+    assert list(frame.columns) == ["trial_id", "status", "epochs", "final_val_si_sdr",
+                                   "best_val_si_sdr", "trainer.lr", "error"]
+    assert frame["error"].iloc[2] == "criterion: kl_div needs a VAE"
+    assert list(pd.read_parquet(tmp_path / "results.parquet")["trial_id"]) == ["t1", "t0", "t2"]
+    assert (tmp_path / "metric_per_trial.png").read_bytes().startswith(PNG)
+
+
+def test_error_line_is_the_trials_own_reason() -> None:
+    try:
+        raise RuntimeError("wrapped") from None
+    except RuntimeError as err:
+        err.cause = ConfigError("window_size", "must be in 1..num_fft")
+        assert tune_results.error_line(err) == "window_size: must be in 1..num_fft"
+    assert tune_results.error_line(ValueError("Traceback\n  x\nValueError: bad\n")) == \
+        "ValueError: bad"
+
+
+# ----------------------------------------------------------------------------------------------
+# Real sweeps
+
+
+@pytest.fixture(scope="module")
+def tune_ray(s3_server) -> Iterator[None]:
+    """A local Ray with room for two 1-worker trials and their decoding; every worker carries
+    the S3 test server's environment, as a cluster's nodes carry their bucket's."""
+    if ray.is_initialized():
+        yield
+        return
+    env = {"AWS_ENDPOINT_URL": s3_server.endpoint_url, "AWS_ACCESS_KEY_ID": s3_server.key,
+           "AWS_SECRET_ACCESS_KEY": s3_server.secret, "AWS_REGION": "us-east-1",
+           "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+    with pytest.MonkeyPatch.context() as mp:
+        for name, value in env.items():
+            mp.setenv(name, value)
+        ray.init(num_cpus=4, include_dashboard=False, configure_logging=False)
+        try:
+            yield
+        finally:
+            ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> str:
+    url = str(tmp_path_factory.mktemp("tune_data") / "data")
+    write_dataset(url, tracks=5, seconds=4.0, seed=0, sample_rate=8000)
+    return url
+
+
+def read_table(sweep_url: str) -> pd.DataFrame:
+    return pd.read_csv(io.BytesIO(storage.read_bytes(storage.join(sweep_url, "results.csv"))))
+
+
+def check_finished_sweep(sweep_url: str, trials: int) -> pd.DataFrame:
+    """Every trial in the table with its session; the best configs load as `train` reads them."""
+    frame = read_table(sweep_url)
+    assert len(frame) == trials
+    assert set(frame["status"]) <= {"ok", "stopped"}
+    assert (frame["status"] == "ok").any()
+    assert frame["epochs"].max() == TINY_TRAINER.max_epochs
+    parquet = pd.read_parquet(io.BytesIO(storage.read_bytes(
+        storage.join(sweep_url, "results.parquet"))))
+    assert list(parquet["trial_id"]) == list(frame["trial_id"])
+    assert storage.read_bytes(storage.join(sweep_url, "metric_per_trial.png")).startswith(PNG)
+    for trial_id in frame["trial_id"]:
+        session = storage.join(sweep_url, "trials", trial_id)
+        assert read_model_config(session).sample_rate == 8000
+        assert storage.exists(storage.join(session, "checkpoints", "run"))
+    best = frame.iloc[0]
+    assert best["best_val_si_sdr"] == frame["best_val_si_sdr"].max()
+    model = read_model_config(storage.join(sweep_url, "best"))
+    trainer = read_trainer_config(storage.join(sweep_url, "best"))
+    assert model == read_model_config(storage.join(sweep_url, "trials", best["trial_id"]))
+    assert model.hidden_channels == best["model.hidden_channels"]
+    assert trainer is not None and trainer.lr == pytest.approx(best["trainer.lr"])
+    return frame
+
+
+@pytest.mark.slow
+def test_asha_sweep_in_a_local_folder(tune_ray: None, dataset: str, tmp_path: Path) -> None:
+    sweep_url = str(tmp_path / "sweep")
+    write_base(sweep_url)  # the sweep folder's own model.json/trainer.json are the base
+    space = write(tmp_path / "space.yaml", yaml.safe_dump(SPACE))
+    summary = run_sweep(SweepConfig(sweep_url, dataset, space=space, num_samples=4,
+                                    scheduler="asha", max_concurrent=2, seed=1))
+    frame = check_finished_sweep(sweep_url, trials=4)
+    assert summary.trials == 4 and summary.errored == 0
+    assert summary.best_trial == frame["trial_id"].iloc[0]
+
+
+@pytest.mark.slow
+def test_asha_sweep_on_s3(tune_ray: None, dataset: str, s3_env, tmp_path: Path) -> None:
+    base = str(tmp_path / "base")
+    write_base(base)
+    sweep_url = f"s3://{s3_env.shared_bucket}/sweeps/asha"
+    space = f"s3://{s3_env.shared_bucket}/sweeps/space.json"
+    storage.write_bytes(space, json.dumps(SPACE).encode())
+    summary = run_sweep(SweepConfig(sweep_url, dataset, space=space, num_samples=4,
+                                    scheduler="asha", max_concurrent=2, base=base))
+    check_finished_sweep(sweep_url, trials=4)
+    assert summary.results_url == f"{sweep_url}/results.csv"
+    assert storage.exists(f"{sweep_url}/tune")  # Tune's own state went to the bucket as well
+
+
+@pytest.mark.slow
+def test_a_crashing_trial_is_recorded_and_the_other_finishes(tune_ray: None, dataset: str,
+                                                             tmp_path: Path) -> None:
+    sweep_url = str(tmp_path / "sweep")
+    base = str(tmp_path / "base")
+    write_base(base)
+    # kl_div needs the VAE: the trial's Ray Train run fails when it builds the model.
+    space = write(tmp_path / "space.yaml", "trainer.criterion: {grid: [si_sdr, kl_div]}\n")
+    summary = run_sweep(SweepConfig(sweep_url, dataset, space=space, num_samples=1,
+                                    scheduler="fifo", max_concurrent=2, max_epochs=1, base=base))
+    assert (summary.trials, summary.ok, summary.errored) == (2, 1, 1)
+    frame = read_table(sweep_url).set_index("trainer.criterion")
+    assert frame.loc["si_sdr", "status"] == "ok"
+    assert frame.loc["kl_div", "status"] == "errored"
+    assert "kl_div needs a SpectrogramNetVAE model" in frame.loc["kl_div", "error"]
+    assert "\n" not in frame.loc["kl_div", "error"]
+    assert read_model_config(storage.join(sweep_url, "best")) == TINY_MODEL
+    assert read_trainer_config(storage.join(sweep_url, "best")).criterion == "si_sdr"
+
+
+@pytest.mark.slow
+def test_sweep_without_a_finished_trial_fails_after_recording_every_error(
+        tune_ray: None, dataset: str, tmp_path: Path) -> None:
+    sweep_url = str(tmp_path / "sweep")
+    base = str(tmp_path / "base")
+    write_base(base)
+    # Every value passes the check with some other value, but num_fft 256 with window 512 fails
+    # at its trial's start; the other three fail in Ray Train (kl_div needs the VAE).
+    space = write(tmp_path / "space.yaml", textwrap.dedent("""\
+        model.num_fft: {grid: [256, 512]}
+        model.window_size: {grid: [256, 512]}
+        trainer.criterion: {choice: [kl_div]}
+        """))
+    with pytest.raises(AuralflowError, match="no trial of the sweep finished"):
+        run_sweep(SweepConfig(sweep_url, dataset, space=space, num_samples=1,
+                              scheduler="fifo", max_concurrent=2, max_epochs=1, base=base))
+    frame = read_table(sweep_url).set_index(["model.num_fft", "model.window_size"])
+    assert set(frame["status"]) == {"errored"}
+    assert "window_size: must be in 1..num_fft" in frame.loc[(256, 512), "error"]
+    assert not storage.exists(storage.join(sweep_url, "trials", frame.loc[(256, 512),
+                                                                          "trial_id"], "checkpoints"))
+    assert "kl_div needs" in frame.loc[(512, 512), "error"]
+
+
+RUN_SWEEP = """\
+import sys
+from auralflow_dist.tune import SweepConfig, run_sweep
+sweep, data, space, base, address = sys.argv[1:]
+run_sweep(SweepConfig(sweep, data, space=space, base=base, address=address, num_samples=2,
+                      scheduler="fifo", max_concurrent=1))
+"""
+
+
+def wait_for(path: Path, process: subprocess.Popen, timeout: float = 240.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert process.poll() is None, f"the sweep ended early ({process.returncode})"
+        assert time.monotonic() < deadline, f"{path} did not appear in {timeout:.0f} s"
+        time.sleep(0.5)
+
+
+@pytest.mark.slow
+def test_interrupted_sweep_resumes_without_rerunning_finished_trials(
+        tune_ray: None, dataset: str, tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    base = str(tmp_path / "base")
+    write_base(base)
+    space = write(tmp_path / "space.yaml", yaml.safe_dump(SPACE))
+    env = {**os.environ, "TUNE_GLOBAL_CHECKPOINT_S": "1", "PYTHONPATH": str(REPO)}
+    address = ray.get_runtime_context().gcs_address
+    driver = subprocess.Popen([sys.executable, "-c", RUN_SWEEP, str(sweep), dataset, space,
+                               base, address], env=env, cwd=tmp_path)
+    try:
+        # One trial at a time: once the second has checkpointed an epoch, the first is done.
+        wait_for(sweep / "trials", driver)
+        while len(list((sweep / "trials").iterdir())) < 2:
+            assert driver.poll() is None, f"the sweep ended early ({driver.returncode})"
+            time.sleep(0.5)
+        first, second = sorted((sweep / "trials").iterdir())
+        wait_for(second / "checkpoints" / "run" / "checkpoint_epoch_0001", driver)
+    finally:
+        driver.send_signal(signal.SIGKILL)
+        driver.wait()
+    before = {p: p.stat().st_mtime_ns for p in (first / "checkpoints").rglob("*")}
+    kept_epoch = (second / "checkpoints" / "run" / "checkpoint_epoch_0001")
+    kept_mtime = kept_epoch.stat().st_mtime_ns
+
+    summary = run_sweep(SweepConfig(str(sweep), dataset, resume=True))
+    assert (summary.trials, summary.ok) == (2, 2)
+    assert sorted(p.name for p in (sweep / "trials").iterdir()) == sorted([first.name,
+                                                                           second.name])
+    after = {p: p.stat().st_mtime_ns for p in (first / "checkpoints").rglob("*")}
+    assert after == before  # the finished trial did not run again
+    assert kept_epoch.stat().st_mtime_ns == kept_mtime  # the second went on from its epoch 1
+    assert (second / "checkpoints" / "run" / "checkpoint_epoch_0002").is_dir()
+    with pytest.raises(AuralflowError, match="pass --resume"):
+        run_sweep(SweepConfig(str(sweep), dataset, space=space))

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pytest
+import soundfile as sf
 import torch
 
 from auralflow_dist import storage
@@ -97,15 +100,19 @@ def test_resume_continues_exactly_where_it_stopped(tmp_path, dataset):
 
 
 def test_nan_loss_stops_clearly_and_keeps_the_last_good_checkpoint(tmp_path, dataset):
+    """Epoch 1 trains on good data; the resumed run meets NaN-filled stems and must stop."""
     session = str(tmp_path / "s")
     write_model_config(session, model_config())
     train(session, dataset, model_config(), trainer_config(max_epochs=1))
+    poisoned = tmp_path / "poisoned"
+    shutil.copytree(dataset, poisoned)
+    for stem in poisoned.glob("*/*/*.wav"):
+        frames = sf.info(stem).frames
+        sf.write(stem, np.full((frames, 2), np.nan, dtype=np.float32), 8000, subtype="FLOAT")
     with pytest.raises(AuralflowError, match="NaN") as err:
-        train(session, dataset, model_config(),
-              trainer_config(max_epochs=3, lr=1e30, lr_lstm=1e30), resume=True)
+        train(session, str(poisoned), model_config(), trainer_config(max_epochs=3), resume=True)
     assert "last good checkpoint" in str(err.value)
-    good = Path(session, "checkpoints").glob("*/checkpoint_epoch_0001")
-    (ckpt,) = list(good)
+    (ckpt,) = list(Path(session, "checkpoints").glob("*/checkpoint_epoch_0001"))
     assert not list(Path(session, "checkpoints").glob("*/checkpoint_epoch_0002"))
     restored = SpectrogramMaskModel.from_checkpoint(str(ckpt), device="cpu")
     assert all(torch.isfinite(p).all() for p in restored.model.parameters())

@@ -413,7 +413,7 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(
     base = str(tmp_path / "base")
     write_base(base)
     space = write(tmp_path / "space.yaml", yaml.safe_dump(SPACE))
-    env = {**os.environ, "TUNE_GLOBAL_CHECKPOINT_S": "1", "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "TUNE_GLOBAL_CHECKPOINT_S": "1"}
     address = ray.get_runtime_context().gcs_address
     driver = subprocess.Popen([sys.executable, "-c", RUN_SWEEP, str(sweep), dataset, space,
                                base, address], env=env, cwd=tmp_path)

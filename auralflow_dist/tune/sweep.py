@@ -259,7 +259,8 @@ def _tuner(plan: _Plan, trainable: Any, fs: Any, root: str) -> ray.tune.Tuner:
     run_config = ray.tune.RunConfig(
         name=EXPERIMENT, storage_path=root, storage_filesystem=fs,
         failure_config=ray.tune.FailureConfig(max_failures=0),
-        checkpoint_config=ray.tune.CheckpointConfig(num_to_keep=keep), verbose=1,
+        checkpoint_config=ray.tune.CheckpointConfig(num_to_keep=keep, checkpoint_at_end=False),
+        verbose=1,
     )
     return ray.tune.Tuner(trainable, param_space=plan.space.param_space(s.search),
                           tune_config=tune_config, run_config=run_config)

@@ -140,6 +140,12 @@ def _cmd_test(args: argparse.Namespace) -> None:
           f"{len(rows) - 2} tracks; wrote {url}")
 
 
+def _cmd_separate(args: argparse.Namespace) -> None:
+    from auralflow_dist.separate import from_args, run_separation
+
+    print(run_separation(from_args(args)).describe())
+
+
 def _cmd_make_dataset(args: argparse.Namespace) -> None:
     from auralflow_dist.data.generate import write_dataset
 
@@ -221,6 +227,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--max-tracks", "--max_tracks", dest="max_tracks", type=int, default=None)
     p.add_argument("--address", default=None, help="Ray cluster address (default: local Ray)")
     p.set_defaults(func=_cmd_test)
+
+    from auralflow_dist.separate import add_arguments
+
+    p = sub.add_parser("separate", help="separate every audio file under a URL (Ray batch job)")
+    add_arguments(p)
+    p.set_defaults(func=_cmd_separate)
 
     p = sub.add_parser("make-dataset", help="write a generated MUSDB18-HQ-layout dataset")
     p.add_argument("url")

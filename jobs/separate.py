@@ -8,31 +8,13 @@ Prints progress while files stream through the workers, then where the stems and
 ``_results`` table went. A user error (bad URL, flag, checkpoint) is one line and exit code 2.
 """
 
-import argparse
 import sys
 
-from auralflow_dist import flags
-from auralflow_dist.errors import AuralflowError, ConfigError
-from auralflow_dist.separate import add_arguments, from_args, run_separation
+from auralflow_dist import cli
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="jobs/separate.py",
-        description="Separate every audio file under a URL with a trained model, on Ray.",
-    )
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        summary = run_separation(from_args(args))
-    except ConfigError as err:
-        print(f"separate: error: {flags.explain(err)}", file=sys.stderr)
-        return 2
-    except AuralflowError as err:
-        print(f"separate: error: {err}", file=sys.stderr)
-        return 2
-    print(summary.describe())
-    return 0
+    return cli.main(["separate", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

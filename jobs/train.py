@@ -7,7 +7,12 @@
 
 import sys
 
-from auralflow_dist.cli import main
+from auralflow_dist import cli
+
+
+def main(argv: list[str] | None = None) -> int:
+    return cli.main(["train", *(sys.argv[1:] if argv is None else argv)])
+
 
 if __name__ == "__main__":
-    sys.exit(main(["train", *sys.argv[1:]]))
+    sys.exit(main())

@@ -156,7 +156,7 @@ def test_checkpoint_with_pickled_code_is_refused(tmp_path):
             return (print, ("pwned",))
 
     torch.save({"x": Evil()}, tmp_path / "weights.pt")
-    with pytest.raises(CheckpointError, match="weights.pt"):
+    with pytest.raises(CheckpointError, match=r"weights\.pt"):
         registry.load_network(str(tmp_path))
 
 

@@ -36,10 +36,24 @@ from auralflow_dist.tune import space as tune_space
 
 REPO = Path(__file__).resolve().parents[1]
 PNG = b"\x89PNG\r\n\x1a\n"
-TINY_MODEL = ModelConfig(sample_rate=8000, num_fft=256, window_size=256, hop_length=128,
-                         sample_length=0.5, hidden_channels=4)
-TINY_TRAINER = TrainerConfig(max_samples=16, val_chunks=4, batch_size=4, max_epochs=2,
-                             num_workers=1, decode_cpus=0.5, image_freq=100, silent=True)
+TINY_MODEL = ModelConfig(
+    sample_rate=8000,
+    num_fft=256,
+    window_size=256,
+    hop_length=128,
+    sample_length=0.5,
+    hidden_channels=4,
+)
+TINY_TRAINER = TrainerConfig(
+    max_samples=16,
+    val_chunks=4,
+    batch_size=4,
+    max_epochs=2,
+    num_workers=1,
+    decode_cpus=0.5,
+    image_freq=100,
+    silent=True,
+)
 SPACE = {"trainer.lr": {"loguniform": [1e-4, 1e-2]}, "model.hidden_channels": {"choice": [2, 4]}}
 
 
@@ -70,8 +84,13 @@ def test_space_reads_yaml_and_json_alike(tmp_path: Path) -> None:
     """
     space = read_space(write(tmp_path / "space.yaml", textwrap.dedent(text)))
     assert [p.name for p in space.params] == [
-        "trainer.lr", "model.hidden_channels", "model.num_fft", "trainer.augment_gain",
-        "trainer.batch_size", "model.dropout_p"]
+        "trainer.lr",
+        "model.hidden_channels",
+        "model.num_fft",
+        "trainer.augment_gain",
+        "trainer.batch_size",
+        "model.dropout_p",
+    ]
     assert space.params[0].values == (1e-4, 1e-2)
     assert space.params[1].values == (8, 16)
     assert space.params[3].values == (True, False)
@@ -80,12 +99,24 @@ def test_space_reads_yaml_and_json_alike(tmp_path: Path) -> None:
     assert as_json.params == space.params
 
 
+def test_example_spaces_are_valid_and_alike() -> None:
+    yaml_space = read_space(str(REPO / "jobs" / "examples" / "space.yaml"))
+    json_space = read_space(str(REPO / "jobs" / "examples" / "space.json"))
+    assert yaml_space.params == json_space.params
+    yaml_space.check(ModelConfig(), TrainerConfig())
+    assert set(yaml_space.mutations()["trainer"]) == {"lr", "batch_size", "augment_gain"}
+
+
 def test_space_feeds_tune_and_trials(tmp_path: Path) -> None:
     from ray.tune.search.sample import Categorical, Float
 
-    space = parse_space({"trainer.lr": {"loguniform": [1e-4, 1e-2]},
-                         "model.hidden_channels": {"choice": [2, 4]},
-                         "model.num_fft": {"grid": [256, 512]}})
+    space = parse_space(
+        {
+            "trainer.lr": {"loguniform": [1e-4, 1e-2]},
+            "model.hidden_channels": {"choice": [2, 4]},
+            "model.num_fft": {"grid": [256, 512]},
+        }
+    )
     random = space.param_space("random")
     assert isinstance(random["trainer"]["lr"], Float)
     assert isinstance(random["model"]["hidden_channels"], Categorical)
@@ -99,8 +130,11 @@ def test_space_feeds_tune_and_trials(tmp_path: Path) -> None:
     base = ModelConfig(window_size=256, hop_length=128)
     model, trainer = space.configs(sample, base, TrainerConfig())
     assert (model.hidden_channels, model.num_fft, trainer.lr) == (2, 512, 3e-3)
-    assert space.flat(sample) == {"trainer.lr": 3e-3, "model.hidden_channels": 2,
-                                  "model.num_fft": 512}
+    assert space.flat(sample) == {
+        "trainer.lr": 3e-3,
+        "model.hidden_channels": 2,
+        "model.num_fft": 512,
+    }
 
 
 BAD_SPACES = [
@@ -143,30 +177,41 @@ def test_ambiguous_bare_name_is_an_error(monkeypatch: pytest.MonkeyPatch) -> Non
         parse_space({"hidden_channels": {"choice": [4]}})
 
 
-@pytest.mark.parametrize(("suffix", "text", "message"), [
-    (".yaml", "lr: {choice: [0.1]\n", "not valid YAML at line"),
-    (".json", '{"lr": ', "not valid JSON"),
-    (".toml", "lr = 1", "expected a .json, .yaml or .yml file"),
-])
-def test_unreadable_space_file_names_the_file(tmp_path: Path, suffix: str, text: str,
-                                              message: str) -> None:
+@pytest.mark.parametrize(
+    ("suffix", "text", "message"),
+    [
+        (".yaml", "lr: {choice: [0.1]\n", "not valid YAML at line"),
+        (".json", '{"lr": ', "not valid JSON"),
+        (".toml", "lr = 1", "expected a .json, .yaml or .yml file"),
+    ],
+)
+def test_unreadable_space_file_names_the_file(
+    tmp_path: Path, suffix: str, text: str, message: str
+) -> None:
     path = write(tmp_path / f"space{suffix}", text)
     with pytest.raises(ConfigError, match=message) as info:
         read_space(path)
     assert path in str(info.value)
 
 
-@pytest.mark.parametrize(("data", "field", "message"), [
-    ({"dropout_p": {"choice": [0.2, 1.5]}}, "model.dropout_p", "1.5 is invalid"),
-    ({"lr": {"uniform": [-0.1, 0.1]}}, "trainer.lr", "lr: must be positive"),
-    ({"model_type": {"choice": ["SpectrogramNetSimple", "UNet9"]}}, "model.model_type",
-     "unknown model 'UNet9'"),
-    ({"criterion": {"choice": ["si_sdr", "l3"]}}, "trainer.criterion", "unknown criterion"),
-    # The base's window (1024) is wider than either FFT and the space does not move it.
-    ({"num_fft": {"choice": [256, 512]}}, "model.num_fft", "window_size: must be in"),
-])
-def test_values_the_configs_reject_fail_before_any_trial(data: dict, field: str,
-                                                         message: str) -> None:
+@pytest.mark.parametrize(
+    ("data", "field", "message"),
+    [
+        ({"dropout_p": {"choice": [0.2, 1.5]}}, "model.dropout_p", "1.5 is invalid"),
+        ({"lr": {"uniform": [-0.1, 0.1]}}, "trainer.lr", "lr: must be positive"),
+        (
+            {"model_type": {"choice": ["SpectrogramNetSimple", "UNet9"]}},
+            "model.model_type",
+            "unknown model 'UNet9'",
+        ),
+        ({"criterion": {"choice": ["si_sdr", "l3"]}}, "trainer.criterion", "unknown criterion"),
+        # The base's window (1024) is wider than either FFT and the space does not move it.
+        ({"num_fft": {"choice": [256, 512]}}, "model.num_fft", "window_size: must be in"),
+    ],
+)
+def test_values_the_configs_reject_fail_before_any_trial(
+    data: dict, field: str, message: str
+) -> None:
     space = parse_space(data)
     with pytest.raises(ConfigError, match=message) as info:
         space.check(ModelConfig(), TrainerConfig())
@@ -174,8 +219,13 @@ def test_values_the_configs_reject_fail_before_any_trial(data: dict, field: str,
 
 
 def test_stft_combinations_pass_the_check_and_fail_their_own_trial() -> None:
-    space = parse_space({"num_fft": {"grid": [256, 512]}, "window_size": {"grid": [256, 512]},
-                         "hop_length": {"choice": [128]}})
+    space = parse_space(
+        {
+            "num_fft": {"grid": [256, 512]},
+            "window_size": {"grid": [256, 512]},
+            "hop_length": {"choice": [128]},
+        }
+    )
     space.check(ModelConfig(), TrainerConfig())  # each value works with some other value
     sample = {"model": {"num_fft": 256, "window_size": 512, "hop_length": 128}}
     with pytest.raises(ConfigError, match=r"window_size: must be in 1\.\.num_fft"):
@@ -191,17 +241,20 @@ def test_pbt_needs_a_trainer_field_to_mutate() -> None:
 # Sweep settings
 
 
-@pytest.mark.parametrize(("changes", "field", "message"), [
-    ({"scheduler": "hyperband"}, "scheduler", "choose from asha, pbt, fifo"),
-    ({"search": "bayes"}, "search", "choose from random, grid, optuna"),
-    ({"metric": "val_sdr"}, "metric", "unknown metric"),
-    ({"metric": "val_loss", "mode": "max"}, "mode", "use min"),
-    ({"num_samples": 0}, "num_samples", "at least 1"),
-    ({"max_concurrent": -1}, "max_concurrent", "must not be negative"),
-    ({"max_epochs": 0}, "max_epochs", "at least 1"),
-    ({"model_type": "UNet9"}, "model_type", "unknown model"),
-    ({"scheduler": "pbt", "search": "optuna"}, "search", "optuna cannot steer a pbt sweep"),
-])
+@pytest.mark.parametrize(
+    ("changes", "field", "message"),
+    [
+        ({"scheduler": "hyperband"}, "scheduler", "choose from asha, pbt, fifo"),
+        ({"search": "bayes"}, "search", "choose from random, grid, optuna"),
+        ({"metric": "val_sdr"}, "metric", "unknown metric"),
+        ({"metric": "val_loss", "mode": "max"}, "mode", "use min"),
+        ({"num_samples": 0}, "num_samples", "at least 1"),
+        ({"max_concurrent": -1}, "max_concurrent", "must not be negative"),
+        ({"max_epochs": 0}, "max_epochs", "at least 1"),
+        ({"model_type": "UNet9"}, "model_type", "unknown model"),
+        ({"scheduler": "pbt", "search": "optuna"}, "search", "optuna cannot steer a pbt sweep"),
+    ],
+)
 def test_sweep_config_rejects_bad_settings(changes: dict, field: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message) as info:
         SweepConfig("sweep", "data", space="s.yaml", **changes).validate()
@@ -230,20 +283,30 @@ def test_bad_space_stops_the_sweep_before_ray_or_any_write(tmp_path: Path) -> No
 def test_results_table_puts_the_best_first_and_errors_last(tmp_path: Path) -> None:
     space = parse_space({"lr": {"choice": [0.1, 0.01]}})
     found = [
-        tune_results.TrialOutcome("t2", "errored", {"trainer": {"lr": 0.1}},
-                                  error="criterion: kl_div needs a VAE"),
-        tune_results.TrialOutcome("t0", "stopped", {"trainer": {"lr": 0.1}}, 1, -3.0, -3.0,
-                                  history=[(1, -3.0)]),
-        tune_results.TrialOutcome("t1", "ok", {"trainer": {"lr": 0.01}}, 2, 1.5, 1.5,
-                                  history=[(1, 0.5), (2, 1.5)]),
+        tune_results.TrialOutcome(
+            "t2", "errored", {"trainer": {"lr": 0.1}}, error="criterion: kl_div needs a VAE"
+        ),
+        tune_results.TrialOutcome(
+            "t0", "stopped", {"trainer": {"lr": 0.1}}, 1, -3.0, -3.0, history=[(1, -3.0)]
+        ),
+        tune_results.TrialOutcome(
+            "t1", "ok", {"trainer": {"lr": 0.01}}, 2, 1.5, 1.5, history=[(1, 0.5), (2, 1.5)]
+        ),
     ]
     best = tune_results.best_outcome(found, "max")
     assert best is not None and best.trial_id == "t1"
     url = tune_results.write_results(str(tmp_path), found, space, "val_si_sdr", "max", "t1")
     frame = pd.read_csv(url)
     assert list(frame["trial_id"]) == ["t1", "t0", "t2"]
-    assert list(frame.columns) == ["trial_id", "status", "epochs", "final_val_si_sdr",
-                                   "best_val_si_sdr", "trainer.lr", "error"]
+    assert list(frame.columns) == [
+        "trial_id",
+        "status",
+        "epochs",
+        "final_val_si_sdr",
+        "best_val_si_sdr",
+        "trainer.lr",
+        "error",
+    ]
     assert frame["error"].iloc[2] == "criterion: kl_div needs a VAE"
     assert list(pd.read_parquet(tmp_path / "results.parquet")["trial_id"]) == ["t1", "t0", "t2"]
     assert (tmp_path / "metric_per_trial.png").read_bytes().startswith(PNG)
@@ -255,8 +318,12 @@ def test_error_line_is_the_trials_own_reason() -> None:
     except RuntimeError as err:
         err.cause = ConfigError("window_size", "must be in 1..num_fft")
         assert tune_results.error_line(err) == "window_size: must be in 1..num_fft"
-    assert tune_results.error_line(ValueError("Traceback\n  x\nValueError: bad\n")) == \
-        "ValueError: bad"
+    assert (
+        tune_results.error_line(ValueError("Traceback\n  x\nValueError: bad\n"))
+        == "ValueError: bad"
+    )
+    wrapped = "Traceback\nauralflow_dist.errors.ConfigError: criterion: kl_div needs a VAE"
+    assert tune_results.error_line(RuntimeError(wrapped)) == "criterion: kl_div needs a VAE"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -270,9 +337,14 @@ def tune_ray(s3_server) -> Iterator[None]:
     if ray.is_initialized():
         yield
         return
-    env = {"AWS_ENDPOINT_URL": s3_server.endpoint_url, "AWS_ACCESS_KEY_ID": s3_server.key,
-           "AWS_SECRET_ACCESS_KEY": s3_server.secret, "AWS_REGION": "us-east-1",
-           "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+    env = {
+        "AWS_ENDPOINT_URL": s3_server.endpoint_url,
+        "AWS_ACCESS_KEY_ID": s3_server.key,
+        "AWS_SECRET_ACCESS_KEY": s3_server.secret,
+        "AWS_REGION": "us-east-1",
+        "RAY_AUTH_MODE": "disabled",
+        "RAY_USAGE_STATS_ENABLED": "0",
+    }
     with pytest.MonkeyPatch.context() as mp:
         for name, value in env.items():
             mp.setenv(name, value)
@@ -301,8 +373,9 @@ def check_finished_sweep(sweep_url: str, trials: int) -> pd.DataFrame:
     assert set(frame["status"]) <= {"ok", "stopped"}
     assert (frame["status"] == "ok").any()
     assert frame["epochs"].max() == TINY_TRAINER.max_epochs
-    parquet = pd.read_parquet(io.BytesIO(storage.read_bytes(
-        storage.join(sweep_url, "results.parquet"))))
+    parquet = pd.read_parquet(
+        io.BytesIO(storage.read_bytes(storage.join(sweep_url, "results.parquet")))
+    )
     assert list(parquet["trial_id"]) == list(frame["trial_id"])
     assert storage.read_bytes(storage.join(sweep_url, "metric_per_trial.png")).startswith(PNG)
     for trial_id in frame["trial_id"]:
@@ -324,8 +397,17 @@ def test_asha_sweep_in_a_local_folder(tune_ray: None, dataset: str, tmp_path: Pa
     sweep_url = str(tmp_path / "sweep")
     write_base(sweep_url)  # the sweep folder's own model.json/trainer.json are the base
     space = write(tmp_path / "space.yaml", yaml.safe_dump(SPACE))
-    summary = run_sweep(SweepConfig(sweep_url, dataset, space=space, num_samples=4,
-                                    scheduler="asha", max_concurrent=2, seed=1))
+    summary = run_sweep(
+        SweepConfig(
+            sweep_url,
+            dataset,
+            space=space,
+            num_samples=4,
+            scheduler="asha",
+            max_concurrent=2,
+            seed=1,
+        )
+    )
     frame = check_finished_sweep(sweep_url, trials=4)
     assert summary.trials == 4 and summary.errored == 0
     assert summary.best_trial == frame["trial_id"].iloc[0]
@@ -338,23 +420,43 @@ def test_asha_sweep_on_s3(tune_ray: None, dataset: str, s3_env, tmp_path: Path) 
     sweep_url = f"s3://{s3_env.shared_bucket}/sweeps/asha"
     space = f"s3://{s3_env.shared_bucket}/sweeps/space.json"
     storage.write_bytes(space, json.dumps(SPACE).encode())
-    summary = run_sweep(SweepConfig(sweep_url, dataset, space=space, num_samples=4,
-                                    scheduler="asha", max_concurrent=2, base=base))
+    summary = run_sweep(
+        SweepConfig(
+            sweep_url,
+            dataset,
+            space=space,
+            num_samples=4,
+            scheduler="asha",
+            max_concurrent=2,
+            base=base,
+        )
+    )
     check_finished_sweep(sweep_url, trials=4)
     assert summary.results_url == f"{sweep_url}/results.csv"
     assert storage.exists(f"{sweep_url}/tune")  # Tune's own state went to the bucket as well
 
 
 @pytest.mark.slow
-def test_a_crashing_trial_is_recorded_and_the_other_finishes(tune_ray: None, dataset: str,
-                                                             tmp_path: Path) -> None:
+def test_a_crashing_trial_is_recorded_and_the_other_finishes(
+    tune_ray: None, dataset: str, tmp_path: Path
+) -> None:
     sweep_url = str(tmp_path / "sweep")
     base = str(tmp_path / "base")
     write_base(base)
     # kl_div needs the VAE: the trial's Ray Train run fails when it builds the model.
     space = write(tmp_path / "space.yaml", "trainer.criterion: {grid: [si_sdr, kl_div]}\n")
-    summary = run_sweep(SweepConfig(sweep_url, dataset, space=space, num_samples=1,
-                                    scheduler="fifo", max_concurrent=2, max_epochs=1, base=base))
+    summary = run_sweep(
+        SweepConfig(
+            sweep_url,
+            dataset,
+            space=space,
+            num_samples=1,
+            scheduler="fifo",
+            max_concurrent=2,
+            max_epochs=1,
+            base=base,
+        )
+    )
     assert (summary.trials, summary.ok, summary.errored) == (2, 1, 1)
     frame = read_table(sweep_url).set_index("trainer.criterion")
     assert frame.loc["si_sdr", "status"] == "ok"
@@ -367,25 +469,40 @@ def test_a_crashing_trial_is_recorded_and_the_other_finishes(tune_ray: None, dat
 
 @pytest.mark.slow
 def test_sweep_without_a_finished_trial_fails_after_recording_every_error(
-        tune_ray: None, dataset: str, tmp_path: Path) -> None:
+    tune_ray: None, dataset: str, tmp_path: Path
+) -> None:
     sweep_url = str(tmp_path / "sweep")
     base = str(tmp_path / "base")
     write_base(base)
     # Every value passes the check with some other value, but num_fft 256 with window 512 fails
     # at its trial's start; the other three fail in Ray Train (kl_div needs the VAE).
-    space = write(tmp_path / "space.yaml", textwrap.dedent("""\
+    space = write(
+        tmp_path / "space.yaml",
+        textwrap.dedent("""\
         model.num_fft: {grid: [256, 512]}
         model.window_size: {grid: [256, 512]}
         trainer.criterion: {choice: [kl_div]}
-        """))
+        """),
+    )
     with pytest.raises(AuralflowError, match="no trial of the sweep finished"):
-        run_sweep(SweepConfig(sweep_url, dataset, space=space, num_samples=1,
-                              scheduler="fifo", max_concurrent=2, max_epochs=1, base=base))
+        run_sweep(
+            SweepConfig(
+                sweep_url,
+                dataset,
+                space=space,
+                num_samples=1,
+                scheduler="fifo",
+                max_concurrent=2,
+                max_epochs=1,
+                base=base,
+            )
+        )
     frame = read_table(sweep_url).set_index(["model.num_fft", "model.window_size"])
     assert set(frame["status"]) == {"errored"}
     assert "window_size: must be in 1..num_fft" in frame.loc[(256, 512), "error"]
-    assert not storage.exists(storage.join(sweep_url, "trials", frame.loc[(256, 512),
-                                                                          "trial_id"], "checkpoints"))
+    assert not storage.exists(
+        storage.join(sweep_url, "trials", frame.loc[(256, 512), "trial_id"], "checkpoints")
+    )
     assert "kl_div needs" in frame.loc[(512, 512), "error"]
 
 
@@ -408,15 +525,19 @@ def wait_for(path: Path, process: subprocess.Popen, timeout: float = 240.0) -> N
 
 @pytest.mark.slow
 def test_interrupted_sweep_resumes_without_rerunning_finished_trials(
-        tune_ray: None, dataset: str, tmp_path: Path) -> None:
+    tune_ray: None, dataset: str, tmp_path: Path
+) -> None:
     sweep = tmp_path / "sweep"
     base = str(tmp_path / "base")
     write_base(base)
     space = write(tmp_path / "space.yaml", yaml.safe_dump(SPACE))
     env = {**os.environ, "TUNE_GLOBAL_CHECKPOINT_S": "1"}
     address = ray.get_runtime_context().gcs_address
-    driver = subprocess.Popen([sys.executable, "-c", RUN_SWEEP, str(sweep), dataset, space,
-                               base, address], env=env, cwd=tmp_path)
+    driver = subprocess.Popen(
+        [sys.executable, "-c", RUN_SWEEP, str(sweep), dataset, space, base, address],
+        env=env,
+        cwd=tmp_path,
+    )
     try:
         # One trial at a time: once the second has checkpointed an epoch, the first is done.
         wait_for(sweep / "trials", driver)
@@ -429,13 +550,12 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(
         driver.send_signal(signal.SIGKILL)
         driver.wait()
     before = {p: p.stat().st_mtime_ns for p in (first / "checkpoints").rglob("*")}
-    kept_epoch = (second / "checkpoints" / "run" / "checkpoint_epoch_0001")
+    kept_epoch = second / "checkpoints" / "run" / "checkpoint_epoch_0001"
     kept_mtime = kept_epoch.stat().st_mtime_ns
 
     summary = run_sweep(SweepConfig(str(sweep), dataset, resume=True))
     assert (summary.trials, summary.ok) == (2, 2)
-    assert sorted(p.name for p in (sweep / "trials").iterdir()) == sorted([first.name,
-                                                                           second.name])
+    assert sorted(p.name for p in (sweep / "trials").iterdir()) == sorted([first.name, second.name])
     after = {p: p.stat().st_mtime_ns for p in (first / "checkpoints").rglob("*")}
     assert after == before  # the finished trial did not run again
     assert kept_epoch.stat().st_mtime_ns == kept_mtime  # the second went on from its epoch 1

@@ -8,6 +8,7 @@ everywhere. Rank 0 writes the checkpoint, images and the ``best/`` export; every
 
 from __future__ import annotations
 
+import json
 import math
 import tempfile
 import time
@@ -27,6 +28,8 @@ from auralflow_dist.models import registry
 from auralflow_dist.models.mask_model import SpectrogramMaskModel
 from auralflow_dist.train import state as ckpt_state
 from auralflow_dist.train.reporting import EpochReporter
+
+STATUS_FILE = "train_status.json"
 
 
 def _all_reduce(values: list[float], device: torch.device) -> list[float]:
@@ -143,6 +146,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
     train_shard = ray.train.get_dataset_shard("train")
     val_shard = ray.train.get_dataset_shard("val")
+    stop, metrics = False, {"epoch": loop.epoch, "global_step": loop.global_step}
     while loop.epoch < trainer.max_epochs:
         epoch = loop.epoch + 1
         if rank == 0:
@@ -156,6 +160,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                        lr=model.optimizer.param_groups[0]["lr"])
         if diverged:
             # Stop without a checkpoint: the last good one stays the latest.
+            if rank == 0:
+                write_status(session, "diverged", metrics)
             ray.train.report(metrics)
             return
         stop = model.scheduler_step(metrics["val_loss"])
@@ -179,6 +185,14 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                              checkpoint_dir_name=f"checkpoint_epoch_{epoch:04d}")
         if stop:
             break
+    if rank == 0:
+        write_status(session, "stopped_early" if stop else "finished", metrics)
     if reporter is not None:
         reporter.close()
+
+
+def write_status(session: str, state: str, metrics: dict[str, Any]) -> None:
+    """How the run ended, for the driver (Train's result only carries checkpointed metrics)."""
+    status = {"state": state, "epoch": metrics["epoch"], "global_step": metrics["global_step"]}
+    storage.write_bytes(storage.join(session, STATUS_FILE), json.dumps(status).encode())
 

@@ -24,7 +24,7 @@ from auralflow_dist.config import ModelConfig, TrainerConfig
 from auralflow_dist.data import manifest, pipeline
 from auralflow_dist.errors import AuralflowError, ConfigError
 from auralflow_dist.session import write_trainer_config
-from auralflow_dist.train.loop import train_loop_per_worker
+from auralflow_dist.train.loop import STATUS_FILE, train_loop_per_worker
 
 RUN_FILE = "train_run.json"
 
@@ -109,12 +109,17 @@ def train(session: str, dataset_url: str, model_config: ModelConfig, trainer: Tr
     table = load_manifest(dataset_url)
     write_trainer_config(session, trainer)
     run = _run_name(session, resume)
+    status_url = storage.join(session, STATUS_FILE)
+    if storage.exists(status_url):
+        storage.remove(status_url)
     result = run_training(session, run, table, model_config, trainer)
     metrics = dict(result.metrics or {})
-    if metrics.get("diverged"):
+    status = json.loads(storage.read_bytes(status_url)) if storage.exists(status_url) else {}
+    if status.get("state") == "diverged":
         raise AuralflowError(
-            f"training stopped at epoch {metrics.get('epoch')}: the loss became NaN/inf "
-            f"(try a lower --lr or --clip-grad); the last good checkpoint is intact in "
+            f"training stopped at epoch {status['epoch']}: the loss became NaN/inf "
+            f"(NaN/inf samples in the data, or a learning rate too high: try a lower --lr or "
+            f"--clip-grad); the last good checkpoint is intact in "
             f"{storage.join(session, 'checkpoints', run)}")
     return TrainResult(
         session=session, run=run, epochs=int(metrics.get("epoch", 0)),

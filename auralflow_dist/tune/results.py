@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,7 +17,7 @@ from typing import Any
 import matplotlib.pyplot as plt
 import pandas as pd
 from matplotlib.ticker import MaxNLocator
-from ray.tune import ResultGrid
+from ray.tune import ExperimentAnalysis, ResultGrid
 
 from auralflow_dist import storage
 from auralflow_dist.config import ModelConfig, TrainerConfig
@@ -29,6 +30,7 @@ RESULTS_PARQUET = "results.parquet"
 PLOT = "metric_per_trial.png"
 BEST = "best"
 STATUSES = ("ok", "stopped", "errored")
+_OWN_ERROR = re.compile(r"auralflow_dist\.errors\.\w+: ")
 
 
 @dataclass
@@ -46,14 +48,23 @@ class TrialOutcome:
 
 
 def error_line(err: BaseException) -> str:
-    """The reason a trial failed, in one line: the trial's own exception, not Ray's wrapping."""
+    """The reason a trial failed, in one line: the trial's own exception, not Ray's wrapping.
+
+    Our own errors lose their class names: their message is the whole story.
+    """
     cause = getattr(err, "cause", None) or err
     lines = [line.strip() for line in str(cause).splitlines() if line.strip()]
-    return (lines[-1] if lines else type(cause).__name__)[:500]
+    line = lines[-1] if lines else type(cause).__name__
+    return _OWN_ERROR.sub("", line)[:500]
 
 
 def outcomes(grid: ResultGrid, metric: str, mode: str, max_epochs: int) -> list[TrialOutcome]:
     """Every trial of ``grid``: ok (trained to its end), stopped (by the scheduler) or errored."""
+    # A trial that failed before its first result has no config in its Result: Tune's
+    # experiment state has every trial's (for PBT, the latest).
+    configs = ExperimentAnalysis(
+        grid.experiment_path, storage_filesystem=grid.filesystem
+    ).get_all_configs()
     found = []
     for result in grid:
         trial_id = result.path.rstrip("/").rsplit("/", 1)[-1]
@@ -64,7 +75,8 @@ def outcomes(grid: ResultGrid, metric: str, mode: str, max_epochs: int) -> list[
             # A trial restarted from its checkpoint reports some epochs again: the last counts.
             by_epoch = {int(e): float(v) for e, v in rows.itertuples(index=False)}
             history = sorted(by_epoch.items())
-        outcome = TrialOutcome(trial_id, "ok", dict(result.config or {}), history=history)
+        config = configs.get(trial_id) or result.config or {}
+        outcome = TrialOutcome(trial_id, "ok", dict(config), history=history)
         last = result.metrics or {}
         if history:
             values = [v for _, v in history]
@@ -81,8 +93,9 @@ def outcomes(grid: ResultGrid, metric: str, mode: str, max_epochs: int) -> list[
 
 def best_outcome(found: Sequence[TrialOutcome], mode: str) -> TrialOutcome | None:
     """The trial with the best metric at any epoch, errored trials aside."""
-    scored = [o for o in found if o.status != "errored" and o.best is not None
-              and math.isfinite(o.best)]
+    scored = [
+        o for o in found if o.status != "errored" and o.best is not None and math.isfinite(o.best)
+    ]
     if not scored:
         return None
     pick = max if mode == "max" else min
@@ -97,36 +110,56 @@ def table(found: Sequence[TrialOutcome], space: Space, metric: str, mode: str) -
         return (o.status == "errored", o.best is None, sign * (o.best or 0.0), o.trial_id)
 
     rows = [
-        {"trial_id": o.trial_id, "status": o.status, "epochs": o.epochs,
-         f"final_{metric}": o.final, f"best_{metric}": o.best, **space.flat(o.config),
-         "error": o.error}
+        {
+            "trial_id": o.trial_id,
+            "status": o.status,
+            "epochs": o.epochs,
+            f"final_{metric}": o.final,
+            f"best_{metric}": o.best,
+            **space.flat(o.config),
+            "error": o.error,
+        }
         for o in sorted(found, key=order)
     ]
-    return pd.DataFrame(rows)
+    # Object columns keep swept integers integers when some trial lacks a value.
+    frame = pd.DataFrame(rows, dtype=object)
+    return frame.astype({"epochs": int, f"final_{metric}": float, f"best_{metric}": float})
 
 
 def plot(found: Sequence[TrialOutcome], metric: str, best: str | None) -> bytes:
     """The metric over epochs, one line per trial; the best one drawn thick."""
     fig, ax = plt.subplots(figsize=(9, 4.5))
-    for o in found:
-        if not o.history:
-            continue
+    drawn = [o for o in found if o.history]
+    for o in drawn:
         epochs, values = zip(*o.history, strict=True)
         thick = o.trial_id == best
-        ax.plot(epochs, values, "o-", linewidth=2.5 if thick else 1.0, markersize=3,
-                alpha=1.0 if thick else 0.7, label=f"{o.trial_id} ({o.status})")
+        ax.plot(
+            epochs,
+            values,
+            "o-",
+            linewidth=2.5 if thick else 1.0,
+            markersize=3,
+            alpha=1.0 if thick else 0.7,
+            label=f"{o.trial_id} ({o.status})",
+        )
     ax.set_xlabel("epoch")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel(metric)
     ax.grid(alpha=0.3)
-    if 0 < len(found) <= 20:
+    if 0 < len(drawn) <= 20:
         ax.legend(fontsize=7)
     ax.set_title(f"{metric} per trial")
     return _png(fig)
 
 
-def write_results(sweep_url: str, found: Sequence[TrialOutcome], space: Space, metric: str,
-                  mode: str, best: str | None) -> str:
+def write_results(
+    sweep_url: str,
+    found: Sequence[TrialOutcome],
+    space: Space,
+    metric: str,
+    mode: str,
+    best: str | None,
+) -> str:
     """Write the table (CSV and Parquet) and the plot; returns the CSV's URL."""
     frame = table(found, space, metric, mode)
     csv_url = storage.join(sweep_url, RESULTS_CSV)

@@ -86,8 +86,11 @@ class Space:
         if search == "optuna":
             grids = [p.name for p in self.params if p.distribution == "grid"]
             if grids:
-                raise ConfigError("search", f"optuna cannot search grid entries ({', '.join(grids)} "
-                                  f"in {self.source}): use choice, or --search grid/random")
+                raise ConfigError(
+                    "search",
+                    f"optuna cannot search grid entries ({', '.join(grids)} "
+                    f"in {self.source}): use choice, or --search grid/random",
+                )
         space: dict[str, dict[str, Any]] = {"model": {}, "trainer": {}}
         for p in self.params:
             space[p.section][p.field] = p.domain(grid=search == "grid")
@@ -97,13 +100,21 @@ class Space:
         """PBT's ``hyperparam_mutations``: trainer fields only, as a checkpoint fixes the network."""
         mutable = [p for p in self.params if p.section == "trainer" and p.distribution != "grid"]
         if not mutable:
-            raise ConfigError("scheduler", f"pbt needs a trainer field to mutate in {self.source} "
-                              "(e.g. trainer.lr: {loguniform: [1.0e-4, 1.0e-2]})")
-        return {"trainer": {p.field: list(p.values) if p.distribution == "choice"
-                            else p.domain(grid=False) for p in mutable}}
+            raise ConfigError(
+                "scheduler",
+                f"pbt needs a trainer field to mutate in {self.source} "
+                "(e.g. trainer.lr: {loguniform: [1.0e-4, 1.0e-2]})",
+            )
+        return {
+            "trainer": {
+                p.field: list(p.values) if p.distribution == "choice" else p.domain(grid=False)
+                for p in mutable
+            }
+        }
 
-    def configs(self, sample: Mapping[str, Mapping[str, Any]], model: ModelConfig,
-                trainer: TrainerConfig) -> tuple[ModelConfig, TrainerConfig]:
+    def configs(
+        self, sample: Mapping[str, Mapping[str, Any]], model: ModelConfig, trainer: TrainerConfig
+    ) -> tuple[ModelConfig, TrainerConfig]:
         """The base configs with one trial's sampled values; raises on an invalid combination."""
         return (_apply(model, sample.get("model", {})), _apply(trainer, sample.get("trainer", {})))
 
@@ -148,8 +159,11 @@ def _check_value(base: Any, param: Param, value: Any, others: list[Param], sourc
             first = first or err
         if count == MAX_COMBINATIONS:
             return  # too many to try: the trials find out
-    raise ConfigError(param.name, f"{value!r} is invalid with every combination of the space's "
-                      f"other values ({first}) (in {source})")
+    raise ConfigError(
+        param.name,
+        f"{value!r} is invalid with every combination of the space's "
+        f"other values ({first}) (in {source})",
+    )
 
 
 def _resolve(name: str, source: str) -> tuple[str, str]:
@@ -157,15 +171,19 @@ def _resolve(name: str, source: str) -> tuple[str, str]:
     if "." in name:
         section, _, field = name.partition(".")
         if section not in SECTIONS:
-            raise ConfigError(name, f"unknown section {section!r}: use model., trainer. or data. "
-                              f"(in {source})")
+            raise ConfigError(
+                name, f"unknown section {section!r}: use model., trainer. or data. (in {source})"
+            )
         names = [f.name for f in dataclasses.fields(SECTIONS[section])]
         if field not in names:
-            raise ConfigError(name, f"unknown {SECTIONS[section].__name__} field"
-                              f"{_suggest(field, names)} (in {source})")
+            raise ConfigError(
+                name,
+                f"unknown {SECTIONS[section].__name__} field{_suggest(field, names)} (in {source})",
+            )
         return ("model" if section == "model" else "trainer"), field
-    found = [s for s in ("model", "trainer")
-             if name in {f.name for f in dataclasses.fields(SECTIONS[s])}]
+    found = [
+        s for s in ("model", "trainer") if name in {f.name for f in dataclasses.fields(SECTIONS[s])}
+    ]
     if len(found) > 1:
         raise ConfigError(name, f"ambiguous: write model.{name} or trainer.{name} (in {source})")
     if not found:
@@ -192,8 +210,11 @@ def _param(name: str, spec: Any, source: str) -> Param:
     if field in SWEEP_OWNED:
         raise ConfigError(name, f"set by {SWEEP_OWNED[field]}, not by the space (in {source})")
     if not isinstance(spec, Mapping) or len(spec) != 1 or next(iter(spec)) not in DISTRIBUTIONS:
-        raise ConfigError(name, f"expected {{distribution: values}} with one of "
-                          f"{', '.join(DISTRIBUTIONS)}, got {spec!r} (in {source})")
+        raise ConfigError(
+            name,
+            f"expected {{distribution: values}} with one of "
+            f"{', '.join(DISTRIBUTIONS)}, got {spec!r} (in {source})",
+        )
     ((distribution, values),) = spec.items()
     kind = typing.get_type_hints(SECTIONS[section])[field]
     if not isinstance(values, list | tuple) or not values:
@@ -204,15 +225,20 @@ def _param(name: str, spec: Any, source: str) -> Param:
     wanted = int if distribution == "randint" else float
     if kind is not wanted:
         hint = "use randint or choice" if kind is int else "use choice"
-        raise ConfigError(name, f"{distribution} does not fit a {getattr(kind, '__name__', kind)} "
-                          f"field: {hint} (in {source})")
+        raise ConfigError(
+            name,
+            f"{distribution} does not fit a {getattr(kind, '__name__', kind)} "
+            f"field: {hint} (in {source})",
+        )
     if len(values) != 2:
-        raise ConfigError(name, f"{distribution} needs [low, high], got {list(values)} "
-                          f"(in {source})")
+        raise ConfigError(
+            name, f"{distribution} needs [low, high], got {list(values)} (in {source})"
+        )
     low, high = (_coerced(name, v, wanted, source) for v in values)
     if low >= high:
-        raise ConfigError(name, f"{distribution} needs low < high, got [{low}, {high}] "
-                          f"(in {source})")
+        raise ConfigError(
+            name, f"{distribution} needs low < high, got [{low}, {high}] (in {source})"
+        )
     if distribution == "loguniform" and low <= 0:
         raise ConfigError(name, f"loguniform needs low > 0, got {low} (in {source})")
     return Param(section, field, distribution, (low, high))
@@ -221,8 +247,11 @@ def _param(name: str, spec: Any, source: str) -> Param:
 def parse_space(data: Any, source: str = "space") -> Space:
     """A `Space` from the parsed file; ``source`` names the file in errors."""
     if not isinstance(data, Mapping) or not data:
-        raise ConfigError("space", f"{source}: expected a mapping of field names to "
-                          "distributions, e.g. trainer.lr: {loguniform: [1.0e-4, 1.0e-2]}")
+        raise ConfigError(
+            "space",
+            f"{source}: expected a mapping of field names to "
+            "distributions, e.g. trainer.lr: {loguniform: [1.0e-4, 1.0e-2]}",
+        )
     params: list[Param] = []
     for name, spec in data.items():
         param = _param(str(name), spec, source)
@@ -241,7 +270,9 @@ def read_space(url: str) -> Space:
     try:
         data = json.loads(text) if lower.endswith(".json") else yaml.safe_load(text)
     except json.JSONDecodeError as err:
-        raise ConfigError("space", f"{url}: not valid JSON ({err.msg} at line {err.lineno})") from None
+        raise ConfigError(
+            "space", f"{url}: not valid JSON ({err.msg} at line {err.lineno})"
+        ) from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""

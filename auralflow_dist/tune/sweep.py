@@ -3,8 +3,9 @@
 Layout of a sweep folder (local or ``s3://``)::
 
     sweep.json            the space, the base configs and the settings (what --resume reuses)
-    tune/                 Tune's experiment state, trial results and (PBT) checkpoint copies
-    trials/<trial_id>/    each trial's session: model.json, trainer.json, checkpoints/, images
+    tune/                 Tune's experiment state and per-trial results
+    trials/<trial_id>/    each trial's session: model.json, trainer.json, checkpoints/, images,
+                          and with PBT handover/ (checkpoints other trials clone)
     results.csv|.parquet  one row per trial;  metric_per_trial.png
     best/                 the best trial's model.json and trainer.json, for `auralflow train`
 """
@@ -39,7 +40,7 @@ from auralflow_dist.session import MODEL_JSON, read_model_config, read_trainer_c
 from auralflow_dist.train.trainer import load_manifest
 from auralflow_dist.tune import results
 from auralflow_dist.tune.space import Space, parse_space, read_space
-from auralflow_dist.tune.trial import TrialDriver, TrialSetup
+from auralflow_dist.tune.trial import KEEP_HANDOVERS, TrialDriver, TrialSetup
 
 SCHEDULERS = ("asha", "pbt", "fifo")
 SEARCHES = ("random", "grid", "optuna")
@@ -79,29 +80,48 @@ class SweepConfig:
     def validate(self) -> SweepConfig:
         _require(bool(self.sweep_url), "sweep_url", "must not be empty")
         _require(bool(self.dataset_url), "dataset_url", "must not be empty")
-        _require(self.scheduler in SCHEDULERS, "scheduler",
-                 f"unknown scheduler {self.scheduler!r} (choose from {', '.join(SCHEDULERS)})")
-        _require(self.search in SEARCHES, "search",
-                 f"unknown search {self.search!r} (choose from {', '.join(SEARCHES)})")
-        _require(self.metric in METRICS, "metric",
-                 f"unknown metric {self.metric!r} (choose from {', '.join(METRICS)})")
+        _require(
+            self.scheduler in SCHEDULERS,
+            "scheduler",
+            f"unknown scheduler {self.scheduler!r} (choose from {', '.join(SCHEDULERS)})",
+        )
+        _require(
+            self.search in SEARCHES,
+            "search",
+            f"unknown search {self.search!r} (choose from {', '.join(SEARCHES)})",
+        )
+        _require(
+            self.metric in METRICS,
+            "metric",
+            f"unknown metric {self.metric!r} (choose from {', '.join(METRICS)})",
+        )
         if self.mode is None:
             self.mode = METRICS[self.metric]
-        _require(self.mode == METRICS[self.metric], "mode",
-                 f"{self.metric} is better when {'higher' if METRICS[self.metric] == 'max' else 'lower'}:"
-                 f" use {METRICS[self.metric]}")
+        _require(
+            self.mode == METRICS[self.metric],
+            "mode",
+            f"{self.metric} is better when {'higher' if METRICS[self.metric] == 'max' else 'lower'}:"
+            f" use {METRICS[self.metric]}",
+        )
         for name in ("num_samples", "workers_per_trial", "grace_period", "perturbation_interval"):
             _require(getattr(self, name) >= 1, name, "must be at least 1")
         _require(self.max_concurrent >= 0, "max_concurrent", "must not be negative (0: auto)")
         _require(self.gpus_per_worker >= 0, "gpus_per_worker", "must not be negative")
-        _require(self.max_epochs is None or self.max_epochs >= 1, "max_epochs",
-                 "must be at least 1")
+        _require(
+            self.max_epochs is None or self.max_epochs >= 1, "max_epochs", "must be at least 1"
+        )
         _require(self.seed >= 0, "seed", "must not be negative")
-        _require(self.model_type is None or self.model_type in MODEL_TYPES, "model_type",
-                 f"unknown model {self.model_type!r} (choose from {', '.join(MODEL_TYPES)})")
+        _require(
+            self.model_type is None or self.model_type in MODEL_TYPES,
+            "model_type",
+            f"unknown model {self.model_type!r} (choose from {', '.join(MODEL_TYPES)})",
+        )
         if self.scheduler == "pbt" and self.search == "optuna":
-            raise ConfigError("search", "optuna cannot steer a pbt sweep (PBT rewrites trial "
-                              "configs as it goes): use random or grid")
+            raise ConfigError(
+                "search",
+                "optuna cannot steer a pbt sweep (PBT rewrites trial "
+                "configs as it goes): use random or grid",
+            )
         return self
 
     @property
@@ -124,10 +144,16 @@ class SweepSummary:
     results_url: str
 
     def text(self) -> str:
-        counts = (f"{self.trials} trial(s): {self.ok} ok, {self.stopped} stopped early, "
-                  f"{self.errored} errored")
-        best = (f"best {self.best_trial} ({self.metric} {self.best_value:+.3f}), its configs in "
-                f"{self.best_url}" if self.best_trial else "no best trial")
+        counts = (
+            f"{self.trials} trial(s): {self.ok} ok, {self.stopped} stopped early, "
+            f"{self.errored} errored"
+        )
+        best = (
+            f"best {self.best_trial} ({self.metric} {self.best_value:+.3f}), its configs in "
+            f"{self.best_url}"
+            if self.best_trial
+            else "no best trial"
+        )
         return f"{counts}; {best}; table in {self.results_url}"
 
 
@@ -141,18 +167,34 @@ class _Plan:
     trainer: TrainerConfig
 
     def to_json(self) -> str:
-        settings = {k: v for k, v in dataclasses.asdict(self.sweep).items()
-                    if k not in ("resume", "address")}
-        return json.dumps({"sweep": settings, "space": self.space.to_dict(),
-                           "model": json.loads(to_json(self.model)),
-                           "trainer": json.loads(to_json(self.trainer))}, indent=2) + "\n"
+        settings = {
+            k: v
+            for k, v in dataclasses.asdict(self.sweep).items()
+            if k not in ("resume", "address")
+        }
+        return (
+            json.dumps(
+                {
+                    "sweep": settings,
+                    "space": self.space.to_dict(),
+                    "model": json.loads(to_json(self.model)),
+                    "trainer": json.loads(to_json(self.trainer)),
+                },
+                indent=2,
+            )
+            + "\n"
+        )
 
     @classmethod
     def read(cls, url: str, given: SweepConfig) -> _Plan:
         data = json.loads(storage.read_bytes(url))
         sweep = from_dict(SweepConfig, {**data["sweep"], "resume": True, "address": given.address})
-        return cls(sweep, parse_space(data["space"], url), from_dict(ModelConfig, data["model"]),
-                   from_dict(TrainerConfig, data["trainer"]))
+        return cls(
+            sweep,
+            parse_space(data["space"], url),
+            from_dict(ModelConfig, data["model"]),
+            from_dict(TrainerConfig, data["trainer"]),
+        )
 
 
 def run_sweep(sweep: SweepConfig) -> SweepSummary:
@@ -162,15 +204,20 @@ def run_sweep(sweep: SweepConfig) -> SweepSummary:
     starts or anything is written.
     """
     sweep = dataclasses.replace(
-        sweep, sweep_url=_absolute(sweep.sweep_url), dataset_url=_absolute(sweep.dataset_url),
-        space=sweep.space and _absolute(sweep.space), base=sweep.base and _absolute(sweep.base),
+        sweep,
+        sweep_url=_absolute(sweep.sweep_url),
+        dataset_url=_absolute(sweep.dataset_url),
+        space=sweep.space and _absolute(sweep.space),
+        base=sweep.base and _absolute(sweep.base),
     ).validate()
     fs, root = storage.to_pyarrow_fs(sweep.sweep_url)
     experiment = posixpath.join(root, EXPERIMENT)
     restorable = ray.tune.Tuner.can_restore(experiment, storage_filesystem=fs)
     if restorable and not sweep.resume:
-        raise AuralflowError(f"{storage.join(sweep.sweep_url, EXPERIMENT)}: a sweep already ran "
-                             "here; pass --resume to continue it, or choose another folder")
+        raise AuralflowError(
+            f"{storage.join(sweep.sweep_url, EXPERIMENT)}: a sweep already ran "
+            "here; pass --resume to continue it, or choose another folder"
+        )
     stored = storage.join(sweep.sweep_url, SWEEP_JSON)
     resuming = sweep.resume and storage.exists(stored)
     if resuming:
@@ -182,17 +229,27 @@ def run_sweep(sweep: SweepConfig) -> SweepSummary:
         _concurrency(plan)  # may refuse the plan (a PBT population too big): before any write
         storage.write_bytes(stored, plan.to_json().encode())
     setup = TrialSetup(
-        sweep_url=plan.sweep.sweep_url, table=table, space=plan.space, model=plan.model,
-        trainer=plan.trainer, handover=plan.sweep.scheduler == "pbt",
+        sweep_url=plan.sweep.sweep_url,
+        table=table,
+        space=plan.space,
+        model=plan.model,
+        trainer=plan.trainer,
+        handover=plan.sweep.scheduler == "pbt",
         s3=storage.current_settings(),
     )
-    trainable = ray.tune.with_resources(ray.tune.with_parameters(TrialDriver, setup=setup),
-                                        {"cpu": DRIVER_CPUS})
+    trainable = ray.tune.with_resources(
+        ray.tune.with_parameters(TrialDriver, setup=setup), {"cpu": DRIVER_CPUS}
+    )
     if restorable:
         print(f"[tune] resuming {sweep.sweep_url}: finished trials are kept", flush=True)
-        tuner = ray.tune.Tuner.restore(experiment, trainable, resume_unfinished=True,
-                                       resume_errored=False, restart_errored=False,
-                                       storage_filesystem=fs)
+        tuner = ray.tune.Tuner.restore(
+            experiment,
+            trainable,
+            resume_unfinished=True,
+            resume_errored=False,
+            restart_errored=False,
+            storage_filesystem=fs,
+        )
     else:
         tuner = _tuner(plan, trainable, fs, root)
     return _summarise(plan, tuner.fit())
@@ -212,8 +269,11 @@ def _new_plan(sweep: SweepConfig) -> _Plan:
     if sweep.scheduler == "pbt":
         space.mutations()  # raises where nothing can mutate
     space.param_space(sweep.search)  # raises where the search cannot take the space
-    _require(sweep.grace_period <= trainer.max_epochs, "grace_period",
-             f"must not exceed the trials' {trainer.max_epochs} epochs")
+    _require(
+        sweep.grace_period <= trainer.max_epochs,
+        "grace_period",
+        f"must not exceed the trials' {trainer.max_epochs} epochs",
+    )
     return _Plan(sweep, space, model, trainer)
 
 
@@ -226,9 +286,14 @@ def _base_configs(sweep: SweepConfig) -> tuple[ModelConfig, TrainerConfig]:
     if sweep.model_type:
         model = replace(model, model_type=sweep.model_type)
     trainer = read_trainer_config(source) or TrainerConfig()
-    trainer = replace(trainer, workers_min=sweep.workers_per_trial,
-                      workers_max=sweep.workers_per_trial, gpus_per_worker=sweep.gpus_per_worker,
-                      max_epochs=sweep.max_epochs or trainer.max_epochs, storage=None)
+    trainer = replace(
+        trainer,
+        workers_min=sweep.workers_per_trial,
+        workers_max=sweep.workers_per_trial,
+        gpus_per_worker=sweep.gpus_per_worker,
+        max_epochs=sweep.max_epochs or trainer.max_epochs,
+        storage=None,
+    )
     return model, trainer
 
 
@@ -240,8 +305,9 @@ def _tuner(plan: _Plan, trainable: Any, fs: Any, root: str) -> ray.tune.Tuner:
     s = plan.sweep
     # Tune sees only the drivers' tiny requests, so the search itself must hold trials back.
     limit = _concurrency(plan)
-    print(f"[tune] up to {limit} trial(s) at once, {s.workers_per_trial} worker(s) each",
-          flush=True)
+    print(
+        f"[tune] up to {limit} trial(s) at once, {s.workers_per_trial} worker(s) each", flush=True
+    )
     if s.search == "optuna":
         from ray.tune.search.optuna import OptunaSearch  # imports optuna: only when asked
 
@@ -249,32 +315,50 @@ def _tuner(plan: _Plan, trainable: Any, fs: Any, root: str) -> ray.tune.Tuner:
     else:
         search = BasicVariantGenerator(max_concurrent=limit, random_state=s.seed)
     tune_config = ray.tune.TuneConfig(
-        metric=s.metric, mode=s.mode, search_alg=search, scheduler=_scheduler(plan),
+        metric=s.metric,
+        mode=s.mode,
+        search_alg=search,
+        scheduler=_scheduler(plan),
         num_samples=s.num_samples,
-        reuse_actors=False,  # a stopped trial's process must end, taking its Train run along
-        trial_name_creator=_trial_name, trial_dirname_creator=_trial_name,
+        reuse_actors=False,  # a trial's cleanup ends its Train run; reuse would skip it
+        trial_name_creator=_trial_name,
+        trial_dirname_creator=_trial_name,
     )
-    # PBT clones a trial's checkpoint from a few epochs back: keep that many.
-    keep = s.perturbation_interval + 3 if s.scheduler == "pbt" else None
     run_config = ray.tune.RunConfig(
-        name=EXPERIMENT, storage_path=root, storage_filesystem=fs,
+        name=EXPERIMENT,
+        storage_path=root,
+        storage_filesystem=fs,
         failure_config=ray.tune.FailureConfig(max_failures=0),
-        checkpoint_config=ray.tune.CheckpointConfig(num_to_keep=keep, checkpoint_at_end=False),
+        # Only PBT saves trials, each save naming a handover copy, of which the trial keeps
+        # as many (Tune's default would also save every trial at its end: a useless copy).
+        checkpoint_config=ray.tune.CheckpointConfig(
+            num_to_keep=KEEP_HANDOVERS, checkpoint_at_end=False
+        ),
         verbose=1,
     )
-    return ray.tune.Tuner(trainable, param_space=plan.space.param_space(s.search),
-                          tune_config=tune_config, run_config=run_config)
+    return ray.tune.Tuner(
+        trainable,
+        param_space=plan.space.param_space(s.search),
+        tune_config=tune_config,
+        run_config=run_config,
+    )
 
 
 def _scheduler(plan: _Plan) -> Any:
     s = plan.sweep
     if s.scheduler == "asha":
-        return ASHAScheduler(time_attr="epoch", max_t=plan.trainer.max_epochs,
-                             grace_period=s.grace_period, reduction_factor=2)
+        return ASHAScheduler(
+            time_attr="epoch",
+            max_t=plan.trainer.max_epochs,
+            grace_period=s.grace_period,
+            reduction_factor=2,
+        )
     if s.scheduler == "pbt":
-        return PopulationBasedTraining(time_attr="epoch",
-                                       perturbation_interval=s.perturbation_interval,
-                                       hyperparam_mutations=plan.space.mutations())
+        return PopulationBasedTraining(
+            time_attr="epoch",
+            perturbation_interval=s.perturbation_interval,
+            hyperparam_mutations=plan.space.mutations(),
+        )
     return FIFOScheduler()
 
 
@@ -293,9 +377,12 @@ def _concurrency(plan: _Plan) -> int:
         have = ray.cluster_resources()
         fits = max(1, min(int(have.get(k, 0) // v) for k, v in need.items()))
     if s.scheduler == "pbt" and s.num_samples > fits:
-        raise ConfigError("num_samples", f"pbt trains its whole population at once, and "
-                          f"{fits} trial(s) of {s.workers_per_trial} worker(s) fit "
-                          "(--max-concurrent): lower --num-samples or --workers-per-trial")
+        raise ConfigError(
+            "num_samples",
+            f"pbt trains its whole population at once, and "
+            f"{fits} trial(s) of {s.workers_per_trial} worker(s) fit "
+            "(--max-concurrent): lower --num-samples or --workers-per-trial",
+        )
     return fits
 
 
@@ -307,17 +394,27 @@ def _summarise(plan: _Plan, grid: ray.tune.ResultGrid) -> SweepSummary:
     if best is not None:
         model, trainer = plan.space.configs(best.config, plan.model, plan.trainer)
         best_url = results.export_best(s.sweep_url, model, trainer)
-    csv_url = results.write_results(s.sweep_url, found, plan.space, s.metric, s.mode,
-                                    best.trial_id if best else None)
+    csv_url = results.write_results(
+        s.sweep_url, found, plan.space, s.metric, s.mode, best.trial_id if best else None
+    )
     count = {status: sum(o.status == status for o in found) for status in results.STATUSES}
     summary = SweepSummary(
-        sweep_url=s.sweep_url, trials=len(found), ok=count["ok"], stopped=count["stopped"],
-        errored=count["errored"], metric=s.metric, best_trial=best.trial_id if best else None,
-        best_value=best.best if best else None, best_url=best_url, results_url=csv_url,
+        sweep_url=s.sweep_url,
+        trials=len(found),
+        ok=count["ok"],
+        stopped=count["stopped"],
+        errored=count["errored"],
+        metric=s.metric,
+        best_trial=best.trial_id if best else None,
+        best_value=best.best if best else None,
+        best_url=best_url,
+        results_url=csv_url,
     )
     if best is None:
         first = next((o for o in found if o.error), None)
         reason = f" (e.g. {first.trial_id}: {first.error})" if first else ""
-        raise AuralflowError(f"no trial of the sweep finished{reason}; see {csv_url} and the "
-                             f"trials' folders under {storage.join(s.sweep_url, 'trials')}")
+        raise AuralflowError(
+            f"no trial of the sweep finished{reason}; see {csv_url} and the "
+            f"trials' folders under {storage.join(s.sweep_url, 'trials')}"
+        )
     return summary

@@ -58,24 +58,30 @@ def trial_session(sweep_url: str, trial_id: str) -> str:
 
 
 class _Relay(UserCallback):
-    """Runs in the Train controller: passes rank 0's metrics, the checkpoint and the controller
-    itself (to abort it by) to the trial, without ever blocking the controller."""
+    """Runs in the Train controller: passes rank 0's metrics and the controller itself (to
+    abort the run by) to the trial, never blocking the controller."""
 
     def __init__(self, queue: Queue) -> None:
         self._queue = queue
 
-    def after_report(self, run_context: Any, metrics: list[dict[str, Any]],
-                     checkpoint: Checkpoint | None) -> None:
-        controller = ray.get_runtime_context().current_actor
-        self._queue.put_nowait((dict(metrics[0]), checkpoint.path if checkpoint else None,
-                                controller))
+    def after_report(
+        self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Checkpoint | None
+    ) -> None:
+        self._queue.put_nowait((dict(metrics[0]), ray.get_runtime_context().current_actor))
 
 
 class _TrainRun:
     """A Train run fitting in a background thread, its reports arriving in order."""
 
-    def __init__(self, session: str, name: str, setup: TrialSetup, model: ModelConfig,
-                 trainer: TrainerConfig, init_from: str | None) -> None:
+    def __init__(
+        self,
+        session: str,
+        name: str,
+        setup: TrialSetup,
+        model: ModelConfig,
+        trainer: TrainerConfig,
+        init_from: str | None,
+    ) -> None:
         self.url = storage.join(session, "checkpoints", name)
         self._queue = Queue(actor_options={"num_cpus": 0})
         self._controller: Any = None
@@ -84,8 +90,15 @@ class _TrainRun:
 
         def fit() -> None:
             try:
-                self._result = run_training(session, name, setup.table, model, trainer,
-                                            callbacks=[_Relay(self._queue)], init_from=init_from)
+                self._result = run_training(
+                    session,
+                    name,
+                    setup.table,
+                    model,
+                    trainer,
+                    callbacks=[_Relay(self._queue)],
+                    init_from=init_from,
+                )
             except BaseException as err:  # raised in the trial's thread by next_metrics
                 self._error = err
 
@@ -97,7 +110,7 @@ class _TrainRun:
         while True:
             alive = self._thread.is_alive()
             try:
-                metrics, _, self._controller = self._queue.get(timeout=0.5)
+                metrics, self._controller = self._queue.get(timeout=0.5)
                 return metrics
             except Empty:
                 if alive:
@@ -114,8 +127,11 @@ class _TrainRun:
 
     def latest_checkpoint(self) -> str:
         """The newest checkpoint of the run (never deleted by Train's retention)."""
-        found = [u for u in storage.listdir(self.url)
-                 if posixpath.basename(u).startswith("checkpoint_epoch_")]
+        found = [
+            u
+            for u in storage.listdir(self.url)
+            if posixpath.basename(u).startswith("checkpoint_epoch_")
+        ]
         if not found:
             raise AuralflowError(f"{self.url}: no checkpoint to hand over yet")
         return max(found)
@@ -151,8 +167,9 @@ class TrialDriver(ray.tune.Trainable):
     def step(self) -> dict[str, Any]:
         if self._run is None:  # started here, after a restore has set init_from
             name = self._next_run() if self._setup.handover else RUN
-            self._run = _TrainRun(self._session, name, self._setup, self._model, self._trainer,
-                                  self._init_from)
+            self._run = _TrainRun(
+                self._session, name, self._setup, self._model, self._trainer, self._init_from
+            )
         metrics = self._run.next_metrics()
         ended = metrics is None
         if metrics is None:
@@ -161,10 +178,15 @@ class TrialDriver(ray.tune.Trainable):
             if not metrics:
                 raise AuralflowError(f"{self._run.url}: the Train run ended without a report")
         if metrics.get("diverged"):
-            raise AuralflowError(f"the loss became NaN/inf in epoch {metrics.get('epoch')} "
-                                 "(try a lower trainer.lr or trainer.clip_grad)")
-        self._finished = (ended or metrics.get("epoch", 0) >= self._trainer.max_epochs
-                          or bool(metrics.get("stopped_early")))
+            raise AuralflowError(
+                f"the loss became NaN/inf in epoch {metrics.get('epoch')} "
+                "(try a lower trainer.lr or trainer.clip_grad)"
+            )
+        self._finished = (
+            ended
+            or metrics.get("epoch", 0) >= self._trainer.max_epochs
+            or bool(metrics.get("stopped_early"))
+        )
         return {**metrics, "done": self._finished}
 
     def save_checkpoint(self, checkpoint_dir: str) -> dict[str, str]:
@@ -188,8 +210,11 @@ class TrialDriver(ray.tune.Trainable):
     def _next_run(self) -> str:
         """A Train run name not used yet in this trial's session."""
         root = storage.join(self._session, "checkpoints")
-        taken = ({posixpath.basename(u) for u in storage.listdir(root)}
-                 if storage.exists(root) else set())
+        taken = (
+            {posixpath.basename(u) for u in storage.listdir(root)}
+            if storage.exists(root)
+            else set()
+        )
         number = 1
         while f"{RUN}_{number:03d}" in taken:
             number += 1
@@ -201,8 +226,8 @@ def _copy_tree(source: str, target: str) -> None:
     fs, _ = storage.filesystem(source)
     storage.makedirs(target)
     for url in storage.find_files(source):
-        relative = url[len(source.rstrip("/")) + 1:]
+        destination = storage.join(target, url[len(source.rstrip("/")) + 1 :])
         try:
-            fs.copy(storage.filesystem(url)[1], storage.filesystem(storage.join(target, relative))[1])
+            fs.copy(storage.filesystem(url)[1], storage.filesystem(destination)[1])
         except OSError as err:
             raise AuralflowError(storage.redact(f"{url}: copy to {target} failed ({err})")) from err

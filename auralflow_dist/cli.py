@@ -166,7 +166,7 @@ def _cmd_download(args: argparse.Namespace) -> None:
 def _cmd_demo(args: argparse.Namespace) -> None:
     from auralflow_dist.demo import run_demo
 
-    run_demo(args.workdir)
+    run_demo(args.workdir, quick=args.quick)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -251,6 +251,7 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="run the main job end to end on generated data")
     p.add_argument("--workdir", default="demo_output")
+    p.add_argument("--quick", action="store_true", help="a smaller setting (used by the tests)")
     p.set_defaults(func=_cmd_demo)
     return parser
 

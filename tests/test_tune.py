@@ -437,6 +437,40 @@ def test_asha_sweep_on_s3(tune_ray: None, dataset: str, s3_env, tmp_path: Path) 
 
 
 @pytest.mark.slow
+def test_pbt_sweep_hands_checkpoints_between_trials(
+    tune_ray: None, dataset: str, tmp_path: Path
+) -> None:
+    sweep_url = str(tmp_path / "sweep")
+    base = str(tmp_path / "base")
+    write_base(base)
+    space = write(tmp_path / "space.yaml", "trainer.lr: {loguniform: [1.0e-4, 1.0e-1]}\n")
+    summary = run_sweep(
+        SweepConfig(
+            sweep_url,
+            dataset,
+            space=space,
+            num_samples=2,
+            scheduler="pbt",
+            max_concurrent=2,
+            max_epochs=3,
+            base=base,
+        )
+    )
+    assert (summary.trials, summary.ok) == (2, 2)
+    frame = read_table(sweep_url)
+    assert list(frame["epochs"]) == [3, 3]
+    for trial_id in frame["trial_id"]:
+        runs = storage.listdir(storage.join(sweep_url, "trials", trial_id, "checkpoints"))
+        assert runs[0].endswith("/run_001")  # every (re)start is a new Train run
+    # A restarted trial (cloning another, or resuming after a pause) began its new Train run
+    # from a handover copy, past epoch 1.
+    trials = tmp_path / "sweep" / "trials"
+    restarts = list(trials.glob("*/checkpoints/run_00[2-9]"))
+    assert not restarts or list(trials.glob("*/handover/save_*"))
+    assert not any((r / "checkpoint_epoch_0001").exists() for r in restarts)
+
+
+@pytest.mark.slow
 def test_a_crashing_trial_is_recorded_and_the_other_finishes(
     tune_ray: None, dataset: str, tmp_path: Path
 ) -> None:

@@ -75,6 +75,8 @@ def _run_config(session: str, run: str, trainer: TrainerConfig) -> ray.train.Run
     fs, path = storage.to_pyarrow_fs(storage.join(trainer.storage or session, "checkpoints"))
     return ray.train.RunConfig(
         name=run,
+        # Our own per-epoch line says what matters; Ray Train's per-report INFO lines drown it.
+        logging_config=ray.train.LoggingConfig(log_level="WARNING"),
         storage_path=path,
         storage_filesystem=fs,
         failure_config=ray.train.FailureConfig(max_failures=trainer.max_failures),
@@ -137,7 +139,9 @@ def run_training(session: str, run: str, table: pa.Table, model_config: ModelCon
     ``init_from`` is a checkpoint directory URL to start from when the run has none of its own
     yet (PBT hands a better trial's checkpoint over this way).
     """
-    ray.data.DataContext.get_current().enable_progress_bars = False
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False
+    context.print_on_execution_start = False
     clock_name = f"auralflow-epoch-{hashlib.sha1(f'{session}/{run}'.encode()).hexdigest()[:16]}"
     clock = pipeline.get_or_create_epoch_clock(clock_name)
     datasets = {

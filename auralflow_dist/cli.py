@@ -106,7 +106,8 @@ def _cmd_train(args: argparse.Namespace) -> None:
     if args.display:
         print(cfg.to_json(trainer_config), end="")
     connect(args.address, trainer_config.workers_max * trainer_config.cpus_per_worker)
-    result = train(args.session, args.dataset, model_config, trainer_config, resume=args.resume)
+    result = train(args.session, args.dataset, model_config, trainer_config, resume=args.resume,
+                   metrics_port=args.metrics_port, pushgateway=args.pushgateway)
     print(result.summary())
 
 
@@ -207,6 +208,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", default=None,
                    help="training workers: N, or MIN:MAX to train elastically (default: 1)")
     p.add_argument("--address", default=None, help="Ray cluster address (default: local Ray)")
+    p.add_argument("--metrics-port", "--metrics_port", dest="metrics_port", type=int,
+                   default=None, help="serve per-epoch Prometheus metrics on this port")
+    p.add_argument("--pushgateway", default=None, help="push per-epoch metrics to this gateway")
     flags.add_dataclass_flags(
         p, cfg.TrainerConfig, skip=("workers_min", "workers_max"), help_text=TRAIN_HELP,
         aliases={"view_wav": ["view_wave"]},

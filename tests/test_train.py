@@ -194,3 +194,20 @@ def test_a_lost_node_mid_epoch_does_not_fail_the_run(tmp_path, dataset):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "removed a node" in proc.stdout and "EPOCHS 3" in proc.stdout
     assert [int(float(h["epoch"])) for h in history(str(tmp_path / "s"))] == [1, 2, 3]
+
+
+def test_driver_exports_epoch_metrics_to_prometheus(tmp_path):
+    """The exporter turns the session's history into the gauges the dashboards query."""
+    from prometheus_client import generate_latest
+
+    from auralflow_dist import observability
+    from auralflow_dist.train.trainer import EpochMetricsExporter
+
+    session = str(tmp_path / "s")
+    storage.write_bytes(storage.join(session, "history.csv"),
+                        b"epoch,train_loss,val_loss,val_si_sdr,val_si_sdri,samples_per_s,"
+                        b"data_wait_share,diverged\n1,0.5,0.4,3.5,6.0,12.0,0.05,False\n")
+    EpochMetricsExporter(session, pushgateway=None).poll()
+    text = generate_latest(observability.REGISTRY).decode()
+    assert 'auralflow_val_si_sdr_db{session="' + session + '"} 3.5' in text
+    assert "auralflow_train_data_wait_ratio" in text

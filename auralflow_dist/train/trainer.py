@@ -7,8 +7,11 @@ checkpoints are never overwritten or deleted.
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import json
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -19,7 +22,7 @@ import ray
 import ray.train
 from ray.train.torch import TorchTrainer
 
-from auralflow_dist import storage
+from auralflow_dist import observability, storage
 from auralflow_dist.config import ModelConfig, TrainerConfig
 from auralflow_dist.data import manifest, pipeline
 from auralflow_dist.errors import AuralflowError, ConfigError
@@ -100,9 +103,63 @@ def _scaling(trainer: TrainerConfig) -> ray.train.ScalingConfig:
                                    resources_per_worker=resources)
 
 
+class EpochMetricsExporter:
+    """Mirrors each finished epoch into the driver's Prometheus gauges.
+
+    Ray Train reports to its controller, not to this process, so the driver follows the
+    session's ``history.csv`` (rank 0 rewrites it every epoch) on a daemon thread.
+    """
+
+    def __init__(self, session: str, pushgateway: str | None, interval: float = 5.0) -> None:
+        self.session, self.pushgateway, self.interval = session, pushgateway, interval
+        self._stop = threading.Event()
+        self._seen = 0
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> EpochMetricsExporter:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.poll()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.poll()
+
+    def poll(self) -> None:
+        url = storage.join(self.session, "history.csv")
+        try:
+            rows = list(csv.DictReader(io.StringIO(storage.read_bytes(url).decode())))
+        except (AuralflowError, OSError):
+            return
+        if len(rows) <= self._seen:
+            return
+        self._seen = len(rows)
+        numbers = {k: float(v) for k, v in rows[-1].items() if _is_number(v)}
+        observability.record_epoch(storage.mask_url(self.session), numbers)
+        if self.pushgateway:
+            observability.push(self.pushgateway, job="auralflow-train")
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
 def train(session: str, dataset_url: str, model_config: ModelConfig, trainer: TrainerConfig,
-          resume: bool = False) -> TrainResult:
-    """Train ``model_config`` on ``dataset_url`` (a dataset root or a manifest) into ``session``."""
+          resume: bool = False, metrics_port: int | None = None,
+          pushgateway: str | None = None) -> TrainResult:
+    """Train ``model_config`` on ``dataset_url`` (a dataset root or a manifest) into ``session``.
+
+    With ``metrics_port`` the driver serves the per-epoch metrics on ``/metrics``; with
+    ``pushgateway`` it pushes them there after every epoch.
+    """
     per_epoch = trainer.max_samples // trainer.workers_max
     if trainer.batch_size > per_epoch:
         raise ConfigError("batch_size", f"{trainer.batch_size} is larger than the {per_epoch} "
@@ -114,7 +171,13 @@ def train(session: str, dataset_url: str, model_config: ModelConfig, trainer: Tr
     status_url = storage.join(session, STATUS_FILE)
     if storage.exists(status_url):
         storage.remove(status_url)
-    result = run_training(session, run, table, model_config, trainer)
+    if metrics_port is not None:
+        observability.serve(metrics_port)
+    if metrics_port is not None or pushgateway:
+        with EpochMetricsExporter(session, pushgateway):
+            result = run_training(session, run, table, model_config, trainer)
+    else:
+        result = run_training(session, run, table, model_config, trainer)
     metrics = dict(result.metrics or {})
     status = json.loads(storage.read_bytes(status_url)) if storage.exists(status_url) else {}
     if status.get("state") == "diverged":

@@ -86,10 +86,10 @@ def _parse_workers(text: str) -> tuple[int, int]:
 
 
 def _trainer_config(args: argparse.Namespace) -> cfg.TrainerConfig:
-    """trainer.json of a resumed session, else the defaults; the flags given override either."""
+    """The session's trainer.json (if any), else the defaults; the flags given override either."""
     from auralflow_dist.session import read_trainer_config
 
-    base = read_trainer_config(args.session) if args.resume else None
+    base = read_trainer_config(args.session)
     values = {**(dataclasses.asdict(base) if base else {}), **flags.given(args, cfg.TrainerConfig)}
     if args.workers is not None:
         values["workers_min"], values["workers_max"] = _parse_workers(args.workers)
@@ -145,6 +145,13 @@ def _cmd_separate(args: argparse.Namespace) -> None:
     from auralflow_dist.separate import from_args, run_separation
 
     print(run_separation(from_args(args)).describe())
+
+
+def _cmd_tune(args: argparse.Namespace) -> None:
+    from auralflow_dist.tune import SweepConfig, run_sweep
+
+    sweep = SweepConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(SweepConfig)})
+    print(run_sweep(sweep).text())
 
 
 def _cmd_make_dataset(args: argparse.Namespace) -> None:
@@ -216,6 +223,47 @@ def _parser() -> argparse.ArgumentParser:
         aliases={"view_wav": ["view_wave"]},
     )
     p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("tune", help="sweep hyperparameters with Ray Tune, each trial a Ray Train run")
+    p.add_argument("sweep_url", metavar="sweep",
+                   help="sweep folder (local path or URL): trials/, results.csv, best/")
+    p.add_argument("dataset_url", metavar="dataset",
+                   help="dataset root (MUSDB18-HQ layout) or a prepared manifest")
+    p.add_argument("--space", default=None,
+                   help="search space file (.json/.yaml); a resumed sweep reuses its own")
+    p.add_argument("--num-samples", "--num_samples", dest="num_samples", type=int, default=4,
+                   help="samples drawn from the space; grid entries multiply them (default: 4)")
+    p.add_argument("--scheduler", choices=("asha", "pbt", "fifo"), default="asha",
+                   help="asha: stop weak trials early; pbt: population based training; fifo: none")
+    p.add_argument("--search", choices=("random", "grid", "optuna"), default="random",
+                   help="random sampling, grid (choices become grid axes) or optuna")
+    p.add_argument("--metric", choices=("val_si_sdr", "val_si_sdri", "val_loss", "train_loss"),
+                   default="val_si_sdr", help="what the sweep optimises (default: val_si_sdr)")
+    p.add_argument("--mode", choices=("max", "min"), default=None,
+                   help="default: the metric's better direction")
+    p.add_argument("--max-concurrent", "--max_concurrent", dest="max_concurrent", type=int,
+                   default=0, help="trials at once (default 0: as many as the cluster fits)")
+    p.add_argument("--workers-per-trial", "--workers_per_trial", dest="workers_per_trial",
+                   type=int, default=1, help="Ray Train workers per trial (default: 1)")
+    p.add_argument("--gpus-per-worker", "--gpus_per_worker", dest="gpus_per_worker", type=float,
+                   default=0.0, help="GPUs per training worker (default: 0, CPU)")
+    p.add_argument("--max-epochs", "--max_epochs", dest="max_epochs", type=int, default=None,
+                   help="epochs per trial (default: the base trainer.json's)")
+    p.add_argument("--grace-period", "--grace_period", dest="grace_period", type=int, default=1,
+                   help="asha: epochs every trial runs before it can be stopped")
+    p.add_argument("--perturbation-interval", "--perturbation_interval",
+                   dest="perturbation_interval", type=int, default=1,
+                   help="pbt: epochs between exploit/explore steps")
+    p.add_argument("--seed", type=int, default=0, help="seed of the search")
+    p.add_argument("--base", default=None,
+                   help="session whose model.json/trainer.json the trials start from "
+                        "(default: the sweep folder's own, else the defaults)")
+    p.add_argument("--model-type", "--model_type", dest="model_type", choices=cfg.MODEL_TYPES,
+                   default=None, help="override the base model's type")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted sweep; finished trials are kept")
+    p.add_argument("--address", default=None, help="Ray cluster address (default: local Ray)")
+    p.set_defaults(func=_cmd_tune)
 
     p = sub.add_parser("test", help="separate and score the test split (writes eval.csv)")
     p.add_argument("session", help="session folder or model directory")

@@ -16,6 +16,10 @@ class ConfigError(AuralflowError, ValueError):
         self.field = field
         self.reason = message
 
+    def __reduce__(self) -> tuple:
+        # Rebuilt from (field, reason) when it crosses a process boundary (Ray tasks, Tune).
+        return (type(self), (self.field, self.reason))
+
 
 class AudioError(AuralflowError):
     """An audio file cannot be read or written; the message names the file."""

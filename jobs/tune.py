@@ -10,7 +10,12 @@ Resume an interrupted sweep with the same first two arguments and --resume.
 
 import sys
 
-from auralflow_dist.cli import main
+from auralflow_dist import cli
+
+
+def main(argv: list[str] | None = None) -> int:
+    return cli.main(["tune", *(sys.argv[1:] if argv is None else argv)])
+
 
 if __name__ == "__main__":
-    sys.exit(main(["tune", *sys.argv[1:]]))
+    sys.exit(main())

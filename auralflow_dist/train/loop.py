@@ -135,6 +135,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             loop = ckpt_state.load(directory, model)
     elif loop_config.get("init_from"):
         loop = ckpt_state.load_url(loop_config["init_from"], model)
+        # A handed-over checkpoint (PBT) brings its optimizer; this run's LRs are the new ones.
+        for group in model.optimizer.param_groups:
+            group["lr"] = trainer.lr_lstm if group["name"] == "recurrent" else trainer.lr
     if world > 1:
         model.model = ray.train.torch.prepare_model(model.model, move_to_device=False)
     clock = get_or_create_epoch_clock(loop_config["clock"])

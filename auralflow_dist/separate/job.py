@@ -106,8 +106,14 @@ class FileSeparator:
         return merge_columns(results)
 
 
-def _resources(job: SeparateConfig, cluster: dict[str, float]) -> tuple[int, float, float]:
-    """Workers, GPUs and CPUs per worker: the flags where given, else the cluster shared out."""
+def _resources(
+    job: SeparateConfig, cluster: dict[str, float], node_cpus: float
+) -> tuple[int, float, float]:
+    """Workers, GPUs and CPUs per worker: the flags where given, else the cluster shared out.
+
+    A replica lives on one node, so its share of CPUs is capped at the largest node's
+    ``node_cpus``: a share of the whole cluster's CPUs would never be scheduled.
+    """
     gpus_total, cpus_total = cluster.get("GPU", 0.0), cluster.get("CPU", 1.0)
     gpus = job.gpus_per_worker if job.gpus_per_worker is not None else float(gpus_total >= 1)
     if job.workers is not None:
@@ -116,7 +122,8 @@ def _resources(job: SeparateConfig, cluster: dict[str, float]) -> tuple[int, flo
         workers = max(1, int(gpus_total // gpus))
     else:
         workers = max(1, int(cpus_total // 2))
-    cpus = job.cpus_per_worker or (1.0 if gpus > 0 else float(max(1, int(cpus_total // workers))))
+    share = min(cpus_total // workers, node_cpus)
+    cpus = job.cpus_per_worker or (1.0 if gpus > 0 else float(max(1, int(share))))
     return workers, gpus, cpus
 
 
@@ -177,7 +184,10 @@ def run_separation(job: SeparateConfig, echo: Callable[[str], None] = print) -> 
 
     runtime.connect(job.address)
     ray.data.DataContext.get_current().enable_progress_bars = False
-    workers, gpus, cpus = _resources(job, ray.cluster_resources())
+    node_cpus = max(
+        (n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n["Alive"]), default=1.0
+    )
+    workers, gpus, cpus = _resources(job, ray.cluster_resources(), node_cpus)
     echo(
         f"separating {len(sources)} files with {workers} worker(s) "
         f"({gpus:g} GPU, {cpus:g} CPU each) into {storage.mask_url(job.save)}"

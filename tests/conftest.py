@@ -259,7 +259,8 @@ def ray_local(s3_server: S3Server) -> Iterator[None]:
     Every process must agree on the auth mode (see DESIGN.md), so it is set before Ray starts,
     and so are the test S3 server's endpoint and credentials: Ray's workers inherit the
     environment of the process that starts Ray, as they inherit a node's on a real cluster.
-    Four logical CPUs on two cores: two training workers plus decoding tasks must fit at once.
+    Eight logical CPUs on two cores: two training workers or Tune trials plus decoding tasks must
+    fit at once, with room to spare for actors a previous test is still tearing down.
     """
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -272,7 +273,7 @@ def ray_local(s3_server: S3Server) -> Iterator[None]:
     if ray.is_initialized():
         yield
         return
-    ray.init(num_cpus=4, include_dashboard=False, configure_logging=False)
+    ray.init(num_cpus=8, include_dashboard=False, configure_logging=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
     try:
         yield

@@ -161,7 +161,8 @@ FAULT_SCRIPT = textwrap.dedent('''
 
     session, dataset, model, trainer = sys.argv[1], sys.argv[2], eval(sys.argv[3]), eval(sys.argv[4])
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
-    nodes = [cluster.add_node(num_cpus=2) for _ in range(2)]
+    # 3 CPUs a node: after one is lost, the other still fits 2 workers and a decoding task.
+    nodes = [cluster.add_node(num_cpus=3) for _ in range(2)]
     ray.init(address=cluster.address)
     cluster.wait_for_nodes()
     model = from_dict(ModelConfig, model)

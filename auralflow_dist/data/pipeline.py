@@ -26,6 +26,7 @@ import numpy as np
 import pyarrow as pa
 import ray
 import torch
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from auralflow_dist import storage
 from auralflow_dist.config import ModelConfig, TrainerConfig
@@ -62,8 +63,17 @@ class EpochClock:
 
 
 def get_or_create_epoch_clock(name: str) -> ray.actor.ActorHandle:
-    """The clock named ``name`` (one per run), created at epoch 0 where it does not exist yet."""
-    return EpochClock.options(name=name, namespace=CLOCK_NAMESPACE, get_if_exists=True).remote()
+    """The clock named ``name`` (one per run), created at epoch 0 where it does not exist yet.
+
+    It lives on the creating node (the driver's, which outlives a lost worker node) and is
+    restarted if it dies anyway: rank 0 sets the epoch before every epoch, so a restarted clock
+    loses nothing.
+    """
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
+    return EpochClock.options(
+        name=name, namespace=CLOCK_NAMESPACE, get_if_exists=True, scheduling_strategy=here,
+        max_restarts=-1, max_task_retries=-1,
+    ).remote()
 
 
 def read_epoch(source: int | str) -> int:

@@ -21,4 +21,5 @@ def connect(address: str | None = None, reserved_cpus: float = 0.0) -> None:
         ray.init(address=address, log_to_driver=True)
         return
     cpus = max(os.cpu_count() or 1, int(reserved_cpus + 0.999) + DATA_CPU_HEADROOM)
-    ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=True)
+    # "local": a fresh instance, never a stale one some earlier `ray start` left behind.
+    ray.init(address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=True)

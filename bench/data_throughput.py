@@ -128,7 +128,7 @@ def main() -> None:
     import ray
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    ray.init(num_cpus=args.cpus, include_dashboard=False, configure_logging=False)
+    ray.init(address="local", num_cpus=args.cpus, include_dashboard=False, configure_logging=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
     results = {}
     with tempfile.TemporaryDirectory(prefix="auralflow-bench-") as tmp:

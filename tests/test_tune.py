@@ -348,7 +348,7 @@ def tune_ray(s3_server) -> Iterator[None]:
     with pytest.MonkeyPatch.context() as mp:
         for name, value in env.items():
             mp.setenv(name, value)
-        ray.init(num_cpus=4, include_dashboard=False, configure_logging=False)
+        ray.init(address="local", num_cpus=4, include_dashboard=False, configure_logging=False)
         try:
             yield
         finally:

@@ -472,6 +472,16 @@ def is_dir(url: str) -> bool:
         return _kind(fs, path) == "dir"
 
 
+def local_path(url: str) -> str | None:
+    """The OS path of ``url`` where it lies on this machine's disk, else None.
+
+    Libraries with their own file I/O (libsndfile) read a path ~1.5x faster than they read
+    through callbacks into a Python file object.
+    """
+    fs, path = filesystem(url)
+    return path if _is_local(fs) else None
+
+
 def size(url: str) -> int:
     """Bytes in the file at ``url``."""
     fs, path = filesystem(url)

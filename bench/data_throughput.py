@@ -1,7 +1,8 @@
 """Chunks per second the Ray Data pipeline delivers to a consumer, beside a plain soundfile loop.
 
-Both read the same chunks (one epoch's `draw_epoch`): the reference opens each file with
-soundfile, seeks and reads the range, one chunk after another in this process; the pipeline
+Both read the same chunks (one epoch's `draw_epoch`): the reference reads each range with
+soundfile (by path on local disk, through a ranged-read file object on S3), one chunk after another
+in this process; the pipeline
 decodes in Ray tasks and hands torch batches to a consumer, as a training worker sees them. Run
 from a local folder and from a local S3 server (SeaweedFS, started like the tests' fixture).
 Augmentation is off for the comparison (both read mixture and target); the augmented pipeline
@@ -55,7 +56,10 @@ def raw_loop(tracks: list[manifest.Track], model: ModelConfig, trainer: TrainerC
         for spec in specs:
             track = tracks[spec.track]
             for url in (track.mixture_url, track.stem_url(model.target)):
-                with storage.open_file(url) as f, sf.SoundFile(f) as snd:
+                with contextlib.ExitStack() as stack:
+                    path = storage.local_path(url)
+                    source = path or stack.enter_context(storage.open_file(url))
+                    snd = stack.enter_context(sf.SoundFile(source))
                     snd.seek(spec.offset)
                     snd.read(model.num_samples, dtype="float32", always_2d=True)
 
@@ -105,9 +109,7 @@ def measure(root: str, chunks: int, args: argparse.Namespace) -> dict[str, float
         augment_channel_swap=False,
         augment_remix=False,
     ).validate()
-    augmented = TrainerConfig(
-        max_samples=args.chunks, batch_size=16, num_workers=args.cpus
-    ).validate()
+    augmented = TrainerConfig(max_samples=chunks, batch_size=16, num_workers=args.cpus).validate()
     tracks = manifest.tracks(table, "train")
     return {
         "raw": raw_loop(tracks, model, plain),

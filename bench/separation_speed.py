@@ -37,8 +37,9 @@ def _timed(fn, device: torch.device, repeats: int) -> float:
     return best
 
 
-def measure(model_type: str, seconds: float, device: torch.device, amp: bool, batch_size: int,
-            repeats: int) -> dict[str, float]:
+def measure(
+    model_type: str, seconds: float, device: torch.device, amp: bool, batch_size: int, repeats: int
+) -> dict[str, float]:
     config = ModelConfig(model_type=model_type, num_channels=2).validate()
     model = SpectrogramMaskModel(config, device=device)
     model.use_amp = amp

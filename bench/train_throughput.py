@@ -35,14 +35,19 @@ def _batches(table, model: ModelConfig, trainer: TrainerConfig, epoch: int):
     tracks = manifest.tracks(table, "train")[: trainer.max_tracks]
     drawer = ChunkDrawer(tracks, settings.chunk_seconds)
     for start in range(0, trainer.max_samples - trainer.batch_size + 1, trainer.batch_size):
-        chunks = [decode_chunk(drawer, drawer.draw(trainer.seed, epoch, i), settings)
-                  for i in range(start, start + trainer.batch_size)]
-        yield (torch.from_numpy(np.stack([c.mixture for c in chunks])),
-               torch.from_numpy(np.stack([c.target for c in chunks])))
+        chunks = [
+            decode_chunk(drawer, drawer.draw(trainer.seed, epoch, i), settings)
+            for i in range(start, start + trainer.batch_size)
+        ]
+        yield (
+            torch.from_numpy(np.stack([c.mixture for c in chunks])),
+            torch.from_numpy(np.stack([c.target for c in chunks])),
+        )
 
 
-def _produce(ahead: queue.Queue, table, model: ModelConfig, trainer: TrainerConfig,
-             epoch: int) -> None:
+def _produce(
+    ahead: queue.Queue, table, model: ModelConfig, trainer: TrainerConfig, epoch: int
+) -> None:
     for batch in _batches(table, model, trainer, epoch):
         ahead.put(batch)
     ahead.put(None)
@@ -55,8 +60,9 @@ def plain_loop(table, model: ModelConfig, trainer: TrainerConfig, device: str) -
     samples, wait, busy = 0, 0.0, 0.0
     for epoch in range(1, trainer.max_epochs + 1):
         ahead: queue.Queue = queue.Queue(maxsize=trainer.pre_fetch)
-        threading.Thread(target=_produce, args=(ahead, table, model, trainer, epoch),
-                         daemon=True).start()
+        threading.Thread(
+            target=_produce, args=(ahead, table, model, trainer, epoch), daemon=True
+        ).start()
         tick = time.perf_counter()
         while (batch := ahead.get()) is not None:
             got = time.perf_counter()
@@ -98,26 +104,43 @@ def main() -> None:
     args = parser.parse_args()
     torch.manual_seed(0)
     model = from_dict(ModelConfig, {"num_channels": 2})  # the seeds' defaults, stereo
-    trainer = from_dict(TrainerConfig, {
-        "max_epochs": args.epochs, "max_samples": args.samples, "batch_size": args.batch_size,
-        "use_amp": args.amp, "num_workers": 2, "val_chunks": 8, "lr": 1e-3,
-        "gpus_per_worker": 1 if args.device.startswith("cuda") else 0})
+    trainer = from_dict(
+        TrainerConfig,
+        {
+            "max_epochs": args.epochs,
+            "max_samples": args.samples,
+            "batch_size": args.batch_size,
+            "use_amp": args.amp,
+            "num_workers": 2,
+            "val_chunks": 8,
+            "lr": 1e-3,
+            "gpus_per_worker": 1 if args.device.startswith("cuda") else 0,
+        },
+    )
     with tempfile.TemporaryDirectory() as root:
         write_dataset(root, tracks=6, seconds=20.0, seed=0)
         table = manifest.scan(root).table
         plain = plain_loop(table, model, trainer, args.device)
         name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
-        print(f"device {name}, {'AMP' if args.amp else 'fp32'}, {model.model_type} stereo, "
-              f"batch {args.batch_size}, {args.samples} chunks/epoch of {model.sample_length} s")
-        print(f"plain loop:  {plain['samples_per_s']:8.2f} samples/s, "
-              f"data wait {100 * plain['data_wait_share']:.1f}%")
+        print(
+            f"device {name}, {'AMP' if args.amp else 'fp32'}, {model.model_type} stereo, "
+            f"batch {args.batch_size}, {args.samples} chunks/epoch of {model.sample_length} s"
+        )
+        print(
+            f"plain loop:  {plain['samples_per_s']:8.2f} samples/s, "
+            f"data wait {100 * plain['data_wait_share']:.1f}%"
+        )
         if args.plain_only:
             return
         ray_run = ray_train(table, model, trainer)
-    print(f"Ray Train:   {ray_run['samples_per_s']:8.2f} samples/s, "
-          f"data wait {100 * ray_run['data_wait_share']:.1f}% (last epoch)")
-    print(f"ratio Ray Train / plain: {ray_run['samples_per_s'] / plain['samples_per_s']:.2f} "
-          f"(floor 0.85)")
+    print(
+        f"Ray Train:   {ray_run['samples_per_s']:8.2f} samples/s, "
+        f"data wait {100 * ray_run['data_wait_share']:.1f}% (last epoch)"
+    )
+    print(
+        f"ratio Ray Train / plain: {ray_run['samples_per_s'] / plain['samples_per_s']:.2f} "
+        f"(floor 0.85)"
+    )
 
 
 if __name__ == "__main__":

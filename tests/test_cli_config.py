@@ -13,10 +13,31 @@ def run(*args: str) -> int:
 
 def test_config_writes_model_json_with_typed_flags(tmp_path, capsys):
     session = tmp_path / "my_model"
-    rc = run("config", "SpectrogramNetLSTM", "--save", str(session), "--display", "--drums",
-             "--num-channels", "2", "--num_hidden_channels", "8", "--normalize-input",
-             "--normalize-output", "false", "--mask-act-fn", "relu", "--num-fft", "2048",
-             "--window-size", "2048", "--hop-length", "1024", "--input-axis", "0")
+    rc = run(
+        "config",
+        "SpectrogramNetLSTM",
+        "--save",
+        str(session),
+        "--display",
+        "--drums",
+        "--num-channels",
+        "2",
+        "--num_hidden_channels",
+        "8",
+        "--normalize-input",
+        "--normalize-output",
+        "false",
+        "--mask-act-fn",
+        "relu",
+        "--num-fft",
+        "2048",
+        "--window-size",
+        "2048",
+        "--hop-length",
+        "1024",
+        "--input-axis",
+        "0",
+    )
     assert rc == 0
     data = json.loads((session / "model.json").read_text())
     assert data["model_type"] == "SpectrogramNetLSTM" and data["target"] == "drums"
@@ -28,8 +49,10 @@ def test_config_writes_model_json_with_typed_flags(tmp_path, capsys):
 
 
 def test_config_target_by_name(tmp_path):
-    assert run("config", "SpectrogramNetSimple", "--save", str(tmp_path / "s"),
-               "--target", "guitar") == 0
+    assert (
+        run("config", "SpectrogramNetSimple", "--save", str(tmp_path / "s"), "--target", "guitar")
+        == 0
+    )
     assert json.loads((tmp_path / "s" / "model.json").read_text())["target"] == "guitar"
 
 
@@ -42,7 +65,9 @@ def test_config_target_by_name(tmp_path):
         (["--vocals", "--bass"], "--target"),
     ],
 )
-def test_invalid_values_exit_nonzero_naming_the_flag_and_write_nothing(tmp_path, capsys, flags, named):
+def test_invalid_values_exit_nonzero_naming_the_flag_and_write_nothing(
+    tmp_path, capsys, flags, named
+):
     session = tmp_path / "bad"
     assert run("config", "SpectrogramNetSimple", "--save", str(session), *flags) == 2
     err = capsys.readouterr().err
@@ -66,9 +91,22 @@ def test_config_never_deletes_an_existing_session(tmp_path, capsys):
 
 
 def test_python_dash_m_entrypoint(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "auralflow_dist", "config", "SpectrogramNetSimple",
-                          "--save", str(tmp_path / "m"), "--sample-length", "1.5"],
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "auralflow_dist",
+            "config",
+            "SpectrogramNetSimple",
+            "--save",
+            str(tmp_path / "m"),
+            "--sample-length",
+            "1.5",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert "model.json" in out.stdout
     assert json.loads((tmp_path / "m" / "model.json").read_text())["sample_length"] == 1.5
 

@@ -15,9 +15,26 @@ def test_defaults_match_the_seeds():
     assert not m.normalize_input and not m.normalize_output
     assert m.num_fft_bins == 513 and m.num_frames == 259
     t = cfg.TrainerConfig().validate()
-    assert (t.max_tracks, t.max_samples, t.batch_size, t.num_workers, t.pre_fetch) == (80, 10000, 32, 8, 4)
-    assert (t.max_epochs, t.lr, t.criterion, t.max_grad_norm, t.stop_patience) == (100, 0.01, "si_sdr", 1000, 5)
-    assert (t.construction_loss, t.lr_lstm, t.init_scale, t.max_plateaus) == ("l2", 1e-5, 2.0**16, 5)
+    assert (t.max_tracks, t.max_samples, t.batch_size, t.num_workers, t.pre_fetch) == (
+        80,
+        10000,
+        32,
+        8,
+        4,
+    )
+    assert (t.max_epochs, t.lr, t.criterion, t.max_grad_norm, t.stop_patience) == (
+        100,
+        0.01,
+        "si_sdr",
+        1000,
+        5,
+    )
+    assert (t.construction_loss, t.lr_lstm, t.init_scale, t.max_plateaus) == (
+        "l2",
+        1e-5,
+        2.0**16,
+        5,
+    )
     assert (t.min_delta, t.reduction, t.alpha, t.beta, t.image_freq) == (0.01, "mean", 0.2, 0.8, 5)
 
 
@@ -57,8 +74,9 @@ def test_trainer_criterion_spellings_and_errors():
         cfg.from_dict(cfg.TrainerConfig, {"criterion": "hinge"})
     with pytest.raises(ConfigError, match="fidelity"):
         cfg.from_dict(cfg.TrainerConfig, {"criterion": "component", "fidelity": 0})
-    ok = cfg.from_dict(cfg.TrainerConfig, {"criterion": "component", "fidelity": 0,
-                                           "allow_no_fidelity": True})
+    ok = cfg.from_dict(
+        cfg.TrainerConfig, {"criterion": "component", "fidelity": 0, "allow_no_fidelity": True}
+    )
     assert ok.fidelity == 0
     with pytest.raises(ConfigError, match="workers"):
         cfg.from_dict(cfg.TrainerConfig, {"workers_min": 3, "workers_max": 2})

@@ -181,6 +181,24 @@ def test_prepare_writes_a_manifest_that_reads_back(generated: str, storage_root:
     assert manifest.read_manifest(elsewhere).num_rows == result.table.num_rows
 
 
+def test_manifest_says_which_tracks_are_16_bit(tmp_path: Path) -> None:
+    """16-bit tracks can travel through the pipeline as int16; wider ones must not."""
+    url = str(tmp_path / "ds")
+    write_track(f"{url}/train/pcm16", [f"{s}.wav" for s in STEMS])
+    for i, s in enumerate(STEMS):  # 24-bit FLAC and float WAV: 16 bits would lose precision
+        audio.write(f"{url}/train/pcm24/{s}.flac", noise(RATE, i), RATE, subtype="PCM_24")
+        audio.write(f"{url}/train/float/{s}.wav", noise(RATE, i), RATE, subtype="FLOAT")
+    table = manifest.scan(url, val_fraction=0).table
+    assert {t.name: t.pcm16 for t in manifest.tracks(table, "train")} == {
+        "float": False,
+        "pcm16": True,
+        "pcm24": False,
+    }
+    older = tmp_path / "older.parquet"  # written before the column existed
+    manifest.write_manifest(table.drop_columns(["pcm16"]), str(older))
+    assert not any(t.pcm16 for t in manifest.tracks(manifest.read_manifest(str(older)), "train"))
+
+
 def test_read_manifest_refuses_other_files(tmp_path: Path) -> None:
     junk = tmp_path / "junk.parquet"
     junk.write_bytes(b"not parquet")

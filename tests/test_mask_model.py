@@ -7,8 +7,16 @@ from auralflow_dist.errors import CheckpointError, ConfigError
 from auralflow_dist.models import registry
 from auralflow_dist.models.mask_model import SpectrogramMaskModel, resolve_model_dir
 
-SMALL = {"hidden_channels": 4, "sample_rate": 8000, "sample_length": 0.5, "num_fft": 256,
-         "window_size": 256, "hop_length": 128, "hidden_size": 16, "recurrent_depth": 1}
+SMALL = {
+    "hidden_channels": 4,
+    "sample_rate": 8000,
+    "sample_length": 0.5,
+    "num_fft": 256,
+    "window_size": 256,
+    "hop_length": 128,
+    "hidden_size": 16,
+    "recurrent_depth": 1,
+}
 
 
 def small(model_type="SpectrogramNetSimple", **kw) -> ModelConfig:
@@ -24,8 +32,10 @@ def _seed():
     torch.manual_seed(0)
 
 
-@pytest.mark.parametrize("model_type", ["SpectrogramNetSimple", "SpectrogramNetLSTM",
-                                        "SpectrogramNetVAE", "MaskInference"])
+@pytest.mark.parametrize(
+    "model_type",
+    ["SpectrogramNetSimple", "SpectrogramNetLSTM", "SpectrogramNetVAE", "MaskInference"],
+)
 def test_train_step_updates_weights_and_loss_is_finite(model_type):
     crit = "kl_div" if model_type == "SpectrogramNetVAE" else "si_sdr"
     m = SpectrogramMaskModel(small(model_type), trainer(criterion=crit), device="cpu")
@@ -58,10 +68,14 @@ def test_mask_applies_to_magnitude_with_mixture_phase():
 
 
 def test_lstm_parameters_use_lr_lstm():
-    m = SpectrogramMaskModel(small("SpectrogramNetLSTM"), trainer(lr=1e-3, lr_lstm=1e-5), device="cpu")
+    m = SpectrogramMaskModel(
+        small("SpectrogramNetLSTM"), trainer(lr=1e-3, lr_lstm=1e-5), device="cpu"
+    )
     lrs = {g["name"]: g["lr"] for g in m.optimizer.param_groups}
     assert lrs == {"main": 1e-3, "recurrent": 1e-5}
-    recurrent = {id(p) for g in m.optimizer.param_groups if g["name"] == "recurrent" for p in g["params"]}
+    recurrent = {
+        id(p) for g in m.optimizer.param_groups if g["name"] == "recurrent" for p in g["params"]
+    }
     lstm = registry.unwrap(m.model).bottleneck.lstm
     assert all(id(p) in recurrent for p in lstm.parameters())
 
@@ -72,8 +86,9 @@ def test_kl_div_needs_a_vae():
 
 
 def test_scheduler_step_stops_after_max_plateaus():
-    m = SpectrogramMaskModel(small(), trainer(stop_patience=1, max_plateaus=2, min_delta=0.01),
-                             device="cpu")
+    m = SpectrogramMaskModel(
+        small(), trainer(stop_patience=1, max_plateaus=2, min_delta=0.01), device="cpu"
+    )
     assert not m.scheduler_step(1.0)  # improvement
     decisions = [m.scheduler_step(1.0) for _ in range(4)]
     assert decisions == [False, False, False, True]
@@ -124,8 +139,12 @@ def test_separate_batched_input():
 
 
 def test_save_and_load_round_trip_with_weights_only(tmp_path):
-    m = SpectrogramMaskModel(small("SpectrogramNetLSTM"), trainer(use_amp=False), device="cpu",
-                             checkpoint_dir=str(tmp_path))
+    m = SpectrogramMaskModel(
+        small("SpectrogramNetLSTM"),
+        trainer(use_amp=False),
+        device="cpu",
+        checkpoint_dir=str(tmp_path),
+    )
     m.set_data(torch.randn(2, 1, 4000), torch.randn(2, 1, 4000))
     m.train()
     m.forward()
@@ -134,10 +153,16 @@ def test_save_and_load_round_trip_with_weights_only(tmp_path):
     m.optimizer_step()
     m.save(global_step=3)
     ckpt = tmp_path / "checkpoint_000003"
-    assert {p.name for p in ckpt.iterdir()} >= {"model.json", "weights.pt", "optimizer.pt",
-                                                 "scheduler.pt", "grad_scaler.pt"}
-    other = SpectrogramMaskModel(small("SpectrogramNetLSTM"), trainer(), device="cpu",
-                                 checkpoint_dir=str(tmp_path))
+    assert {p.name for p in ckpt.iterdir()} >= {
+        "model.json",
+        "weights.pt",
+        "optimizer.pt",
+        "scheduler.pt",
+        "grad_scaler.pt",
+    }
+    other = SpectrogramMaskModel(
+        small("SpectrogramNetLSTM"), trainer(), device="cpu", checkpoint_dir=str(tmp_path)
+    )
     other.load(global_step=3)
     for a, b in zip(m.model.state_dict().values(), other.model.state_dict().values(), strict=True):
         assert torch.equal(a, b)

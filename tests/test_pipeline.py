@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import threading
 import uuid
@@ -14,7 +15,7 @@ import ray
 import torch
 
 from auralflow_dist import audio, storage
-from auralflow_dist.config import ModelConfig, TrainerConfig
+from auralflow_dist.config import ModelConfig, TrainerConfig, replace
 from auralflow_dist.data import manifest, pipeline
 from auralflow_dist.data.chunks import ChunkDrawer, draw_epoch
 from auralflow_dist.data.decode import DecodeSettings, decode_chunk
@@ -139,3 +140,43 @@ def test_unusable_manifests_are_named(table: pa.Table) -> None:
     no_valid = table.filter(pa.compute.not_equal(table["split"], "valid"))
     with pytest.raises(AuralflowError, match="manifest: no valid tracks"):
         pipeline.build_val_dataset(no_valid, MODEL, trainer())
+
+
+def test_16bit_chunks_carry_exactly_the_float_samples(table: pa.Table) -> None:
+    """16-bit files at the model rate travel as int16: half the bytes, the same floats."""
+    config = trainer(augment_gain=False, augment_remix=False)
+    tracks = manifest.tracks(table, "train")
+    assert all(t.pcm16 for t in tracks)  # the generator writes 16-bit WAV
+    drawer = ChunkDrawer(tracks, MODEL.num_samples / RATE)
+    floats = DecodeSettings.from_configs(MODEL, config, augment=True)
+    ints = floats.for_tracks(tracks)
+    assert ints.pcm16 and not floats.pcm16
+    for spec in draw_epoch(tracks, 0, 3, 12, MODEL.num_samples / RATE):
+        a, b = decode_chunk(drawer, spec, floats), decode_chunk(drawer, spec, ints)
+        assert b.mixture.dtype == b.target.dtype == np.int16 and b.redraws == a.redraws
+        np.testing.assert_array_equal(b.mixture * np.float32(1 / 32768), a.mixture)
+        np.testing.assert_array_equal(b.target * np.float32(1 / 32768), a.target)
+    dataset = pipeline.build_train_dataset(table, MODEL, config, 0)
+    assert next(iter(dataset.iter_batches(batch_format="numpy")))["mixture"].dtype == np.int16
+    for mixture, _ in pipeline.iter_batches(dataset, 8):
+        assert mixture.dtype == torch.float32 and 0 < mixture.abs().max() < 1
+
+
+def test_16bit_chunks_only_where_exact(table: pa.Table) -> None:
+    tracks = manifest.tracks(table, "train")
+    plain = DecodeSettings.from_configs(
+        MODEL, trainer(augment_gain=False, augment_remix=False), augment=True
+    )
+    assert plain.for_tracks(tracks).pcm16
+    gained = DecodeSettings.from_configs(MODEL, trainer(augment_remix=False), augment=True)
+    assert not gained.for_tracks(tracks).pcm16  # the mixture is rebuilt from gained stems
+    mono = DecodeSettings.from_configs(replace(MODEL, num_channels=1), trainer(), augment=False)
+    assert not mono.for_tracks(tracks).pcm16  # a stereo downmix averages
+    other_rate = DecodeSettings.from_configs(
+        replace(MODEL, sample_rate=16000), trainer(), augment=False
+    )
+    assert not other_rate.for_tracks(tracks).pcm16  # resampled
+    wide = [dataclasses.replace(tracks[0], pcm16=False), *tracks[1:]]
+    assert not plain.for_tracks(wide).pcm16  # e.g. a 24-bit FLAC
+    summed = [dataclasses.replace(tracks[0], mixture_url=None), *tracks[1:]]
+    assert not plain.for_tracks(summed).pcm16  # the mixture is a sum of stems

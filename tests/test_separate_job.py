@@ -317,7 +317,9 @@ def test_job_entrypoint_prints_one_line_and_exits_2(
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "model.json" in err
     assert entrypoint.main(["m", "a", "--save", "s", "--format", "flac", "--subtype", "f"]) == 2
-    assert capsys.readouterr().err.startswith("auralflow separate: error: --subtype: flac cannot hold F")
+    assert capsys.readouterr().err.startswith(
+        "auralflow separate: error: --subtype: flac cannot hold F"
+    )
 
 
 # ------------------------------------------------------------------------------------------------

@@ -28,11 +28,26 @@ from auralflow_dist.train.trainer import train
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_local")]
 
-MODEL = {"hidden_channels": 4, "sample_rate": 8000, "sample_length": 0.5, "num_fft": 256,
-         "window_size": 256, "hop_length": 128}
-TRAINER = {"max_samples": 48, "batch_size": 4, "val_chunks": 8, "lr": 2e-3, "num_workers": 2,
-           "workers_min": 2, "workers_max": 2, "image_freq": 2, "shuffle_buffer": 16,
-           "pre_fetch": 2}
+MODEL = {
+    "hidden_channels": 4,
+    "sample_rate": 8000,
+    "sample_length": 0.5,
+    "num_fft": 256,
+    "window_size": 256,
+    "hop_length": 128,
+}
+TRAINER = {
+    "max_samples": 48,
+    "batch_size": 4,
+    "val_chunks": 8,
+    "lr": 2e-3,
+    "num_workers": 2,
+    "workers_min": 2,
+    "workers_max": 2,
+    "image_freq": 2,
+    "shuffle_buffer": 16,
+    "pre_fetch": 2,
+}
 
 
 @pytest.fixture(scope="module")
@@ -59,17 +74,33 @@ def history(session: str) -> list[dict[str, str]]:
 def test_short_run_learns_and_fills_the_session_folder(storage_root, dataset, capsys):
     session = storage.join(storage_root, "session")
     write_model_config(session, model_config())
-    trainer = trainer_config(max_epochs=3, tensorboard=True, view_iter=True, view_epoch=True,
-                             view_weights=True, view_grad=True, view_norm=True,
-                             play_estimate=True, play_residual=True, view_spec=True,
-                             view_wav=True)
+    trainer = trainer_config(
+        max_epochs=3,
+        tensorboard=True,
+        view_iter=True,
+        view_epoch=True,
+        view_weights=True,
+        view_grad=True,
+        view_norm=True,
+        play_estimate=True,
+        play_residual=True,
+        view_spec=True,
+        view_wav=True,
+    )
     result = train(session, dataset, model_config(), trainer)
     assert result.epochs == 3
     m = result.metrics
     assert m["val_si_sdr"] > m["val_si_sdr_mixture"] + 0.5, m
-    for name in ("model.json", "trainer.json", "loss_curve.png", "history.csv",
-                 "best/model.json", "best/weights.pt", "spectrogram/vocals_epoch_0002.png",
-                 "waveform/vocals_epoch_0002.png"):
+    for name in (
+        "model.json",
+        "trainer.json",
+        "loss_curve.png",
+        "history.csv",
+        "best/model.json",
+        "best/weights.pt",
+        "spectrogram/vocals_epoch_0002.png",
+        "waveform/vocals_epoch_0002.png",
+    ):
         assert storage.exists(storage.join(session, name)), name
     runs = storage.find_files(storage.join(session, "runs"))
     assert any("tfevents" in url for url in runs)
@@ -133,13 +164,57 @@ def test_bad_inputs_fail_before_training(tmp_path, dataset):
 
 def test_cli_train_flags_reach_trainer_json(tmp_path, dataset, capsys):
     session = str(tmp_path / "cli")
-    assert main(["config", "SpectrogramNetSimple", "--save", session, "--sample-rate", "8000",
-                 "--sample-length", "0.5", "--num-fft", "256", "--window-size", "256",
-                 "--hop-length", "128", "--hidden-channels", "4"]) == 0
-    rc = main(["train", session, dataset, "--workers", "1", "--max-epochs", "1",
-               "--max-samples", "16", "--batch-size", "4", "--val-chunks", "4",
-               "--criterion", "si-sdr", "--min_delta", "0.02", "--view-wave", "--silent",
-               "--clip-grad", "true", "--use-amp", "false", "--display"])
+    assert (
+        main(
+            [
+                "config",
+                "SpectrogramNetSimple",
+                "--save",
+                session,
+                "--sample-rate",
+                "8000",
+                "--sample-length",
+                "0.5",
+                "--num-fft",
+                "256",
+                "--window-size",
+                "256",
+                "--hop-length",
+                "128",
+                "--hidden-channels",
+                "4",
+            ]
+        )
+        == 0
+    )
+    rc = main(
+        [
+            "train",
+            session,
+            dataset,
+            "--workers",
+            "1",
+            "--max-epochs",
+            "1",
+            "--max-samples",
+            "16",
+            "--batch-size",
+            "4",
+            "--val-chunks",
+            "4",
+            "--criterion",
+            "si-sdr",
+            "--min_delta",
+            "0.02",
+            "--view-wave",
+            "--silent",
+            "--clip-grad",
+            "true",
+            "--use-amp",
+            "false",
+            "--display",
+        ]
+    )
     assert rc == 0
     saved = json.loads(Path(session, "trainer.json").read_text())
     assert saved["criterion"] == "si_sdr" and saved["min_delta"] == 0.02
@@ -149,7 +224,7 @@ def test_cli_train_flags_reach_trainer_json(tmp_path, dataset, capsys):
     assert "[train] epoch" not in out  # --silent
 
 
-FAULT_SCRIPT = textwrap.dedent('''
+FAULT_SCRIPT = textwrap.dedent("""
     import os, sys, threading, time
     os.environ["RAY_AUTH_MODE"] = "disabled"
     import ray
@@ -182,16 +257,33 @@ FAULT_SCRIPT = textwrap.dedent('''
     print("removed a node hosting a training worker", flush=True)
     thread.join()
     print("EPOCHS", out["r"].epochs, flush=True)
-''')
+""")
 
 
 def test_a_lost_node_mid_epoch_does_not_fail_the_run(tmp_path, dataset):
     """A ray.cluster_utils.Cluster with two worker nodes, run in its own process."""
-    trainer = {**TRAINER, "max_epochs": 3, "max_samples": 96, "workers_min": 1,
-               "workers_max": 2, "max_failures": 3}
+    trainer = {
+        **TRAINER,
+        "max_epochs": 3,
+        "max_samples": 96,
+        "workers_min": 1,
+        "workers_max": 2,
+        "max_failures": 3,
+    }
     proc = subprocess.run(
-        [sys.executable, "-c", FAULT_SCRIPT, str(tmp_path / "s"), dataset, repr(MODEL),
-         repr(trainer)], capture_output=True, text=True, timeout=600)
+        [
+            sys.executable,
+            "-c",
+            FAULT_SCRIPT,
+            str(tmp_path / "s"),
+            dataset,
+            repr(MODEL),
+            repr(trainer),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "removed a node" in proc.stdout and "EPOCHS 3" in proc.stdout
     assert [int(float(h["epoch"])) for h in history(str(tmp_path / "s"))] == [1, 2, 3]
@@ -205,9 +297,11 @@ def test_driver_exports_epoch_metrics_to_prometheus(tmp_path):
     from auralflow_dist.train.trainer import EpochMetricsExporter
 
     session = str(tmp_path / "s")
-    storage.write_bytes(storage.join(session, "history.csv"),
-                        b"epoch,train_loss,val_loss,val_si_sdr,val_si_sdri,samples_per_s,"
-                        b"data_wait_share,diverged\n1,0.5,0.4,3.5,6.0,12.0,0.05,False\n")
+    storage.write_bytes(
+        storage.join(session, "history.csv"),
+        b"epoch,train_loss,val_loss,val_si_sdr,val_si_sdri,samples_per_s,"
+        b"data_wait_share,diverged\n1,0.5,0.4,3.5,6.0,12.0,0.05,False\n",
+    )
     EpochMetricsExporter(session, pushgateway=None).poll()
     text = generate_latest(observability.REGISTRY).decode()
     assert 'auralflow_val_si_sdr_db{session="' + session + '"} 3.5' in text

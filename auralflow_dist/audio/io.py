@@ -10,7 +10,7 @@ import io
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Literal
+from typing import IO, Literal
 
 import numpy as np
 import soundfile as sf
@@ -22,6 +22,7 @@ from auralflow_dist.errors import AudioError, ConfigError, StorageError
 # Extensions users have; everything else must name its format explicitly.
 _FORMAT_BY_EXTENSION = {".wav": "WAV", ".flac": "FLAC", ".ogg": "OGG", ".mp3": "MP3"}
 _FLOAT_SUBTYPES = {"FLOAT", "DOUBLE"}
+_PCM16_SUBTYPES = {"PCM_16", "PCM_S8", "PCM_U8"}
 
 Array = np.ndarray | torch.Tensor
 
@@ -39,18 +40,35 @@ class AudioInfo:
         """Seconds of audio."""
         return self.frames / self.sample_rate
 
+    @property
+    def pcm16(self) -> bool:
+        """Whether 16-bit integer samples hold every sample exactly (PCM of 16 bits or fewer)."""
+        return self.subtype in _PCM16_SUBTYPES
+
+
+@contextlib.contextmanager
+def _source(url: str) -> Iterator[str | IO[bytes]]:
+    """What soundfile opens: the OS path of a local file, else a file object with ranged reads."""
+    local = storage.local_path(url)
+    if local is not None:
+        if storage.size(url) == 0:
+            raise AudioError(f"{url}: is empty (0 bytes)")
+        yield local
+        return
+    with storage.open_file(url, "rb") as f:
+        # Seeking to the end costs no read, and names the problem better than libsndfile.
+        if f.seek(0, os.SEEK_END) == 0:
+            raise AudioError(f"{url}: is empty (0 bytes)")
+        f.seek(0)
+        yield f
+
 
 @contextlib.contextmanager
 def _open(url: str) -> Iterator[sf.SoundFile]:
-    """A SoundFile on the URL's file object; every failure becomes one AudioError naming the URL."""
+    """A SoundFile on ``url``; every failure becomes one AudioError naming the URL."""
     try:
-        with storage.open_file(url, "rb") as f:
-            # Seeking to the end costs no read, and names the problem better than libsndfile.
-            if f.seek(0, os.SEEK_END) == 0:
-                raise AudioError(f"{url}: is empty (0 bytes)")
-            f.seek(0)
-            with sf.SoundFile(f) as snd:
-                yield snd
+        with _source(url) as source, sf.SoundFile(source) as snd:
+            yield snd
     except StorageError as err:
         raise AudioError(str(err)) from err
     except sf.LibsndfileError as err:
@@ -73,13 +91,15 @@ def read(
     dtype: str = "float32",
     always_2d: bool = True,
     fill_value: float | None = None,
+    contiguous: bool = True,
 ) -> tuple[np.ndarray, int]:
     """Frames ``[offset, offset + frames)`` of ``url`` as ``((channels, frames), sample_rate)``.
 
     Only that range is decoded (and on object stores, only its bytes fetched). ``frames=-1`` reads to
     the end; a range past the end is cut short unless ``fill_value`` pads it to ``frames``. Mono comes
     back as ``(frames,)`` when ``always_2d`` is False. Non-finite samples are returned as they are:
-    see `sanitize`.
+    see `sanitize`. ``contiguous=False`` returns a transposed view of the decoder's interleaved
+    buffer, saving a copy for callers that copy the samples anyway.
     """
     with _open(url) as snd:
         if snd.frames == 0:
@@ -87,8 +107,8 @@ def read(
         if not 0 <= offset < snd.frames:
             raise AudioError(f"{url}: offset {offset} is outside the file ({snd.frames} frames)")
         snd.seek(offset)
-        data = snd.read(frames, dtype=dtype, always_2d=always_2d, fill_value=fill_value)
-        return np.ascontiguousarray(data.T), snd.samplerate
+        data = snd.read(frames, dtype=dtype, always_2d=always_2d, fill_value=fill_value).T
+        return (np.ascontiguousarray(data) if contiguous else data), snd.samplerate
 
 
 def sanitize(audio: np.ndarray, url: str, nan: Literal["error", "zero"] = "error") -> np.ndarray:

@@ -3,11 +3,18 @@
 Each file is read over the chunk's range alone (ranged reads on object stores), at its own rate,
 then brought to the model's channels and rate. A chunk whose target is silent teaches nothing (and
 makes scale-invariant losses undefined), so it is replaced by a redraw from its seed and counted.
+
+Where every sample of every chunk is a 16-bit PCM value (16-bit files at the model's rate, read
+without gain or remixing), chunks stay 16-bit integers: half the bytes through the object store,
+whose copies bounded the pipeline's rate, and exactly the same values once the consumer scales
+them to float (`PCM16_SCALE`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -20,6 +27,7 @@ from auralflow_dist.data.chunks import ChunkDrawer, ChunkSpec
 from auralflow_dist.data.manifest import MIXTURE, Track
 
 MAX_REDRAWS = 8
+PCM16_SCALE = 1 / 32768  # int16 sample -> float in [-1, 1), as libsndfile decodes it
 
 
 @dataclass(frozen=True)
@@ -31,6 +39,7 @@ class DecodeSettings:
     silence_threshold_db: float
     augmentation: Augmentation = field(default_factory=Augmentation)
     max_redraws: int = MAX_REDRAWS
+    pcm16: bool = False  # chunks as int16 PCM (see `for_tracks`), else float32
 
     @classmethod
     def from_configs(
@@ -49,6 +58,22 @@ class DecodeSettings:
     def chunk_seconds(self) -> float:
         return self.num_samples / self.sample_rate
 
+    def for_tracks(self, tracks: Sequence[Track]) -> DecodeSettings:
+        """These settings with 16-bit chunks where that loses nothing for ``tracks``.
+
+        Exact when every file is 16-bit PCM at the model's rate, the mixture is read from its
+        file (no gain or remix rebuilding it) and channels are kept, duplicated or dropped but
+        never averaged (downmixing to mono).
+        """
+        exact = not self.augmentation.rebuilds_mixture and all(
+            t.pcm16
+            and t.mixture_url is not None
+            and t.sample_rate == self.sample_rate
+            and (self.num_channels > 1 or t.channels == 1)
+            for t in tracks
+        )
+        return dataclasses.replace(self, pcm16=exact)
+
 
 @dataclass
 class Chunk:
@@ -57,12 +82,15 @@ class Chunk:
     redraws: int  # silent chunks dropped before this one
 
 
-def read_source(track: Track, url: str, offset: int, frames: int) -> np.ndarray:
+def read_source(
+    track: Track, url: str, offset: int, frames: int, dtype: str = "float32"
+) -> np.ndarray:
     """Frames ``[offset, offset + frames)`` of a stem or mixture at its own rate, zero-padded."""
     mp4 = stem_mp4.parse_source(url)
     if mp4:
         return stem_mp4.read(*mp4, offset, frames, track.sample_rate, track.channels)
-    return audio.read(url, offset, frames, fill_value=0.0)[0]
+    # A view: the batch `np.stack` transposes while it copies, one pass over the samples, not two.
+    return audio.read(url, offset, frames, dtype, fill_value=0, contiguous=False)[0]
 
 
 def load(track: Track, name: str, offset: int, settings: DecodeSettings) -> np.ndarray:
@@ -75,7 +103,8 @@ def load(track: Track, name: str, offset: int, settings: DecodeSettings) -> np.n
     url = track.mixture_url if name == MIXTURE else track.stem_url(name)
     n, rate, model_rate = settings.num_samples, track.sample_rate, settings.sample_rate
     if rate == model_rate:
-        return audio.to_channels(read_source(track, url, offset, n), settings.num_channels)
+        dtype = "int16" if settings.pcm16 else "float32"
+        return audio.to_channels(read_source(track, url, offset, n, dtype), settings.num_channels)
     period = rate // math.gcd(rate, model_rate)  # input frames per whole number of output samples
     context = math.ceil(8 * rate / min(rate, model_rate) / period) * period
     lead = min(context, offset // period * period)
@@ -86,8 +115,11 @@ def load(track: Track, name: str, offset: int, settings: DecodeSettings) -> np.n
 
 
 def is_silent(x: np.ndarray, threshold_db: float) -> bool:
-    """RMS at or below ``threshold_db`` dBFS."""
-    energy = float(np.vdot(x, x)) / x.size  # one BLAS pass; a float64 square costs a copy
+    """RMS at or below ``threshold_db`` dBFS (of float or 16-bit PCM samples)."""
+    flat = x.ravel(order="K")  # a view in memory order, also of transposed reads
+    if flat.dtype == np.int16:
+        flat = flat * np.float32(PCM16_SCALE)
+    energy = float(np.vdot(flat, flat)) / x.size  # one BLAS pass; a float64 square costs a copy
     return energy <= 10 ** (threshold_db / 10)
 
 

@@ -63,8 +63,10 @@ SCHEMA = pa.schema(
         ("sample_rate", pa.int32()),
         ("channels", pa.int32()),
         ("duration", pa.float64()),
+        ("pcm16", pa.bool_()),  # every file 16-bit PCM or narrower; absent in older manifests
     ]
 )
+_OPTIONAL = {"pcm16": False}
 
 
 @dataclass
@@ -84,6 +86,7 @@ class Track:
     frames: int
     sample_rate: int
     channels: int
+    pcm16: bool = False
 
     @property
     def duration(self) -> float:
@@ -295,6 +298,7 @@ def _row(track: _Found, headers: dict, common: set[str]) -> tuple[dict, list[str
         "sample_rate": first.sample_rate,
         "channels": max(i.channels for i in infos.values()),
         "duration": first.frames / first.sample_rate,
+        "pcm16": all(isinstance(i, audio.AudioInfo) and i.pcm16 for i in infos.values()),
     }, []
 
 
@@ -309,6 +313,7 @@ def tracks(table: pa.Table, split: str) -> list[Track]:
             frames=r["frames"],
             sample_rate=r["sample_rate"],
             channels=r["channels"],
+            pcm16=r["pcm16"],
         )
         for r in table.to_pylist()
         if r["split"] == split
@@ -328,6 +333,9 @@ def read_manifest(url: str) -> pa.Table:
         table = pq.read_table(pa.BufferReader(data))
     except (pa.ArrowInvalid, OSError) as err:
         raise AuralflowError(f"{url}: not a parquet manifest ({err})") from None
+    for name, default in _OPTIONAL.items():
+        if name not in table.column_names:
+            table = table.append_column(name, pa.array([default] * len(table)))
     missing = [n for n in SCHEMA.names if n not in table.column_names]
     if missing:
         raise AuralflowError(f"{url}: not an auralflow manifest (no column {', '.join(missing)})")

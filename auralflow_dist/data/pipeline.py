@@ -32,14 +32,14 @@ from auralflow_dist import storage
 from auralflow_dist.config import ModelConfig, TrainerConfig
 from auralflow_dist.data import manifest as manifests
 from auralflow_dist.data.chunks import ChunkDrawer, ChunkSpec, validation_chunks
-from auralflow_dist.data.decode import DecodeSettings, decode_chunk
+from auralflow_dist.data.decode import PCM16_SCALE, DecodeSettings, decode_chunk
 from auralflow_dist.errors import AuralflowError, ConfigError
 
 CLOCK_NAMESPACE = "auralflow"
-DECODE_BATCH = 8  # chunks per decode call
-# Chunks per decode task, one output block (~68 MB of 3 s stereo chunks at 44.1 kHz): far fewer
-# spend the driver's time scheduling tasks (8 per task halved the rate on 2 CPUs), far more only
-# hold more memory per task.
+# Chunks per decode task, decoded in one call into one output block (~68 MB of 3 s stereo chunks at
+# 44.1 kHz). Far fewer spend the driver's time scheduling tasks and, where a block holds several
+# decode batches, make the consumer concatenate them (both halved the rate on 2 CPUs); far more
+# only hold more memory per task.
 CHUNKS_PER_TASK = 32
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc mallopt parameters
 
@@ -71,8 +71,12 @@ def get_or_create_epoch_clock(name: str) -> ray.actor.ActorHandle:
     """
     here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
     return EpochClock.options(
-        name=name, namespace=CLOCK_NAMESPACE, get_if_exists=True, scheduling_strategy=here,
-        max_restarts=-1, max_task_retries=-1,
+        name=name,
+        namespace=CLOCK_NAMESPACE,
+        get_if_exists=True,
+        scheduling_strategy=here,
+        max_restarts=-1,
+        max_task_retries=-1,
     ).remote()
 
 
@@ -170,9 +174,12 @@ def _dataset(
     tasks = max(1, trainer.num_workers)
     # At least one block per concurrent task, so small datasets still decode (and split) in parallel.
     blocks = max(math.ceil(count / CHUNKS_PER_TASK), min(count, tasks))
-    return ray.data.range(count, override_num_blocks=blocks).map_batches(
+    # Slot ids come from the driver (a few bytes per block), not from `ray.data.range`: its read
+    # tasks competed with decoding for the CPUs.
+    slot_ids = ray.data.from_items([{"id": i} for i in range(count)], override_num_blocks=blocks)
+    dataset = slot_ids.map_batches(
         _decode_batch,
-        batch_size=DECODE_BATCH,
+        batch_size=None,  # one call per block of slots
         batch_format="numpy",
         compute=ray.data.TaskPoolStrategy(size=tasks),
         num_cpus=trainer.decode_cpus,
@@ -183,6 +190,10 @@ def _dataset(
             "s3": storage.current_settings(),
         },
     )
+    # Ray Data reserves half the CPUs per operator for multi-stage pipelines; with decoding the
+    # only stage, that left one decode task running on 2 CPUs.
+    dataset.context.op_resource_reservation_enabled = False
+    return dataset
 
 
 def build_train_dataset(
@@ -199,6 +210,7 @@ def build_train_dataset(
     settings = DecodeSettings.from_configs(model_config, trainer_config, augment=True)
     tracks = manifests.tracks(table, "train")[: trainer_config.max_tracks]
     drawer = _drawer(tracks, settings, where, "train")
+    settings = settings.for_tracks(drawer.tracks)
     slots = _EpochSlots(trainer_config.seed, epoch_source)
     return _dataset(trainer_config.max_samples, slots, drawer, settings, trainer_config)
 
@@ -213,6 +225,7 @@ def build_val_dataset(
     table, where = _load(manifest)
     settings = DecodeSettings.from_configs(model_config, trainer_config, augment=False)
     drawer = _drawer(manifests.tracks(table, "valid"), settings, where, "valid")
+    settings = settings.for_tracks(drawer.tracks)
     specs = validation_chunks(
         drawer.tracks, trainer_config.val_chunks, settings.chunk_seconds, trainer_config.seed
     )
@@ -250,17 +263,21 @@ def iter_batches(
     """``(mixture, target)`` float32 tensors ``(batch, channels, samples)`` from a shard.
 
     A ``shuffle_buffer`` of rows mixes chunks of different decode tasks; 0 keeps arrival order.
+    16-bit chunks travel to ``device`` as they are and become float there.
     """
     batches = shard.iter_torch_batches(
         batch_size=batch_size,
         local_shuffle_buffer_size=max(shuffle_buffer, batch_size) if shuffle_buffer else None,
         prefetch_batches=prefetch,
         drop_last=drop_last,
-        dtypes={"mixture": torch.float32, "target": torch.float32, "redraws": torch.int32},
         device=device,
         pin_memory=pin_memory,
     )
     for batch in batches:
         if stats is not None:
             stats.add(batch["redraws"])
-        yield batch["mixture"], batch["target"]
+        yield _to_float(batch["mixture"]), _to_float(batch["target"])
+
+
+def _to_float(x: torch.Tensor) -> torch.Tensor:
+    return x.float().mul_(PCM16_SCALE) if x.dtype == torch.int16 else x

@@ -14,6 +14,7 @@ plain loop, data wait < 10%.
 from __future__ import annotations
 
 import argparse
+import os
 import queue
 import tempfile
 import threading
@@ -115,6 +116,8 @@ def main() -> None:
             "val_chunks": 8,
             "lr": 1e-3,
             "gpus_per_worker": 1 if args.device.startswith("cuda") else 0,
+            # The plain process trains on every core; so does the worker (its torch threads).
+            "cpus_per_worker": 1 if args.device.startswith("cuda") else os.cpu_count() or 1,
         },
     )
     with tempfile.TemporaryDirectory() as root:

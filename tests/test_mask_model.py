@@ -208,3 +208,69 @@ def test_resolve_model_dir_prefers_best(tmp_path):
     m = SpectrogramMaskModel(small(), device="cpu")
     registry.save_checkpoint(str(tmp_path / "best"), m.config, m.model)
     assert resolve_model_dir(str(tmp_path)).endswith("best")
+
+
+def _one_batch(m: SpectrogramMaskModel) -> None:
+    g = torch.Generator().manual_seed(1)
+    m.train()
+    m.set_data(
+        torch.randn(2, 1, 4000, generator=g) * 0.1, torch.randn(2, 1, 4000, generator=g) * 0.05
+    )
+    m.forward()
+    m.compute_loss()
+    m.backward()
+
+
+def test_use_amp_runs_the_network_in_reduced_precision():
+    """--use-amp: the network's convolutions run in bf16 on CPU (fp16 + scaler on older GPUs)."""
+    seen = {}
+    for amp in (False, True):
+        torch.manual_seed(0)
+        m = SpectrogramMaskModel(small(), trainer(use_amp=amp), device="cpu")
+        conv = next(mod for mod in m.model.modules() if isinstance(mod, torch.nn.Conv2d))
+        conv.register_forward_hook(lambda _m, _i, out, amp=amp: seen.update({amp: out.dtype}))
+        _one_batch(m)
+        assert m.mask.dtype == torch.float32  # the loss and the mask stay in float32
+        assert not m.grad_scaler.is_enabled()  # bf16 needs no loss scaling
+    assert seen == {False: torch.float32, True: torch.bfloat16}
+
+
+def test_scale_grad_scales_the_loss_by_init_scale_and_unscales_before_the_step():
+    """--scale-grad/--init-scale: gradients are init_scale times larger, the update the same."""
+    models = {}
+    for scale in (False, True):
+        torch.manual_seed(0)
+        models[scale] = SpectrogramMaskModel(
+            small(), trainer(scale_grad=scale, init_scale=1024.0, clip_grad=True), device="cpu"
+        )
+        _one_batch(models[scale])
+    plain, scaled = models[False], models[True]
+    assert scaled.grad_scaler.is_enabled() and scaled.grad_scaler.get_scale() == 1024.0
+    for a, b in zip(plain.model.parameters(), scaled.model.parameters(), strict=True):
+        torch.testing.assert_close(b.grad, a.grad * 1024, rtol=1e-4, atol=1e-6)
+    norms = plain.optimizer_step(), scaled.optimizer_step()  # clipping sees unscaled gradients
+    assert norms[1] == pytest.approx(norms[0], rel=1e-4)
+    for a, b in zip(plain.model.parameters(), scaled.model.parameters(), strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-6)
+
+
+def test_clip_grad_bounds_the_norm_the_optimizer_sees():
+    """--clip-grad/--max-grad-norm: the step uses gradients clipped to max_grad_norm."""
+    for clip in (False, True):
+        torch.manual_seed(0)
+        m = SpectrogramMaskModel(small(), trainer(clip_grad=clip, max_grad_norm=1e-3), device="cpu")
+        _one_batch(m)
+        stepped = []
+        step = m.optimizer.step
+
+        def recording_step(*args, step=step, m=m, stepped=stepped, **kwargs):
+            grads = [p.grad for p in m.model.parameters() if p.grad is not None]
+            stepped.append(float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))))
+            return step(*args, **kwargs)
+
+        m.optimizer.step = recording_step
+        before = m.optimizer_step()
+        if clip:
+            assert before > 1e-3 and stepped[0] == pytest.approx(1e-3, rel=1e-3)
+        else:
+            assert before is None and stepped[0] > 1e-3

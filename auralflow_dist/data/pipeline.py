@@ -16,8 +16,6 @@ had (its environment and `storage.configure`), since workers need not share its 
 
 from __future__ import annotations
 
-import ctypes
-import functools
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -28,7 +26,7 @@ import ray
 import torch
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from auralflow_dist import storage
+from auralflow_dist import runtime, storage
 from auralflow_dist.config import ModelConfig, TrainerConfig
 from auralflow_dist.data import manifest as manifests
 from auralflow_dist.data.chunks import ChunkDrawer, ChunkSpec, validation_chunks
@@ -41,7 +39,6 @@ CLOCK_NAMESPACE = "auralflow"
 # decode batches, make the consumer concatenate them (both halved the rate on 2 CPUs); far more
 # only hold more memory per task.
 CHUNKS_PER_TASK = 32
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc mallopt parameters
 
 
 @ray.remote(num_cpus=0)
@@ -110,20 +107,6 @@ class _FixedSlots:
         return [self.chunks[int(i)] for i in ids]
 
 
-@functools.cache
-def _keep_freed_memory() -> None:
-    """Keep freed megabyte-sized arrays in this process's heap instead of handing them back.
-
-    By default glibc maps each chunk-sized array fresh and unmaps it when freed, so every chunk
-    page-faults its memory in again: that doubled the decode cost. Heap use stays at its peak
-    (a batch or two of chunks). No-op where the C library has no ``mallopt`` (not glibc).
-    """
-    mallopt = getattr(ctypes.CDLL(None), "mallopt", None)
-    if mallopt is not None:
-        mallopt(_M_MMAP_THRESHOLD, 64 << 20)
-        mallopt(_M_TRIM_THRESHOLD, 256 << 20)
-
-
 def _decode_batch(
     batch: dict[str, np.ndarray],
     *,
@@ -132,7 +115,7 @@ def _decode_batch(
     settings: DecodeSettings,
     s3: storage.S3Settings,
 ) -> dict[str, np.ndarray]:
-    _keep_freed_memory()
+    runtime.keep_freed_memory()
     # Workers may lack the driver's environment: read with the S3 settings it had.
     storage.configure(s3)
     chunks = [decode_chunk(drawer, spec, settings) for spec in slots.specs(drawer, batch["id"])]

@@ -28,7 +28,7 @@ import ray
 import torch
 from ray.util import ActorPool
 
-from auralflow_dist import storage, visualize
+from auralflow_dist import allocator, storage, visualize
 from auralflow_dist.data import manifest
 from auralflow_dist.data.decode import read_source
 from auralflow_dist.errors import AuralflowError
@@ -136,7 +136,8 @@ def evaluate(config: EvalConfig) -> tuple[str, list[dict[str, Any]]]:
     if not tracks:
         raise AuralflowError(f"{config.dataset}: no test tracks to evaluate")
     SpectrogramMaskModel.from_checkpoint(config.session, device="cpu")  # fail fast, clearly
-    actor = _TrackScorer.options(num_gpus=config.gpus_per_worker, num_cpus=1)
+    actor = _TrackScorer.options(num_gpus=config.gpus_per_worker, num_cpus=1,
+                                 runtime_env=allocator.worker_runtime_env())
     pool = ActorPool([actor.remote(config.session, storage.current_settings())
                       for _ in range(max(1, min(config.workers, len(tracks))))])
     rows = []

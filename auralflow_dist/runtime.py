@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import ctypes
-import functools
 import os
 
 import ray
@@ -11,7 +9,12 @@ import ray
 # Logical CPUs a local instance announces beyond what training reserves, so that Ray Data's
 # decoding tasks always find a slot (Ray Train excludes its own reservation from Data's budget).
 DATA_CPU_HEADROOM = 2
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc mallopt parameters
+# Ray starts workers at nice 15 so its control plane stays responsive; then every wake-up of
+# the raylet, GCS or a driver thread preempts a compute thread and stalls its whole torch
+# thread team: on 2 cores that cost training about 12% and separation 7% (docs/benchmarks.md).
+# Our workers are the node's work, so they run at the control plane's priority. Cluster
+# configs set the same through ``RAY_worker_niceness=0`` (cluster/).
+WORKER_NICENESS = 0
 
 
 def connect(address: str | None = None, reserved_cpus: float = 0.0) -> None:
@@ -25,19 +28,10 @@ def connect(address: str | None = None, reserved_cpus: float = 0.0) -> None:
         return
     cpus = max(os.cpu_count() or 1, int(reserved_cpus + 0.999) + DATA_CPU_HEADROOM)
     # "local": a fresh instance, never a stale one some earlier `ray start` left behind.
-    ray.init(address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=True)
-
-
-@functools.cache
-def keep_freed_memory() -> None:
-    """Keep freed megabyte-sized arrays in this process's heap instead of handing them back.
-
-    By default glibc maps each large array fresh and unmaps it when freed, so every audio chunk
-    or activation tensor page-faults its memory in again: that doubled the decode cost, and cost
-    a training worker's thread (whose arena cannot grow like the main heap) 9% of its steps.
-    Heap use stays near its peak. No-op where the C library has no ``mallopt`` (not glibc).
-    """
-    mallopt = getattr(ctypes.CDLL(None), "mallopt", None)
-    if mallopt is not None:
-        mallopt(_M_MMAP_THRESHOLD, 64 << 20)
-        mallopt(_M_TRIM_THRESHOLD, 256 << 20)
+    ray.init(
+        address="local",
+        num_cpus=cpus,
+        include_dashboard=False,
+        log_to_driver=True,
+        _system_config={"worker_niceness": WORKER_NICENESS},
+    )

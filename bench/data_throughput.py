@@ -7,7 +7,8 @@ decodes in Ray tasks and hands torch batches to a consumer, as a training worker
 from a local folder and from a local S3 server (SeaweedFS, started like the tests' fixture).
 Augmentation is off for the comparison (both read mixture and target); the augmented pipeline
 (gain, swap, remix: every stem read) is printed beside it. Floor: from local disk on 2 CPUs the
-pipeline delivers at least half the reference's rate.
+pipeline delivers at least half the reference's rate. The reference runs with the same heap
+settings (`allocator.tune`) as the pipeline's Ray workers.
 
     python -m bench.data_throughput [--tracks 6] [--seconds 30] [--chunks 2048] [--s3-chunks 128]
 """
@@ -25,7 +26,7 @@ from pathlib import Path
 import pyarrow as pa
 import soundfile as sf
 
-from auralflow_dist import storage
+from auralflow_dist import allocator, runtime, storage
 from auralflow_dist.config import ModelConfig, TrainerConfig
 from auralflow_dist.data import manifest, pipeline
 from auralflow_dist.data.chunks import draw_epoch
@@ -126,11 +127,18 @@ def main() -> None:
     parser.add_argument("--s3-chunks", type=int, default=128, help="chunks per pass from S3")
     parser.add_argument("--cpus", type=int, default=2)
     args = parser.parse_args()
+    allocator.tune()  # the Ray workers get the same heap settings
 
     import ray
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    ray.init(address="local", num_cpus=args.cpus, include_dashboard=False, configure_logging=False)
+    ray.init(
+        address="local",
+        num_cpus=args.cpus,
+        include_dashboard=False,
+        configure_logging=False,
+        _system_config={"worker_niceness": runtime.WORKER_NICENESS},  # as `runtime.connect`
+    )
     ray.data.DataContext.get_current().enable_progress_bars = False
     results = {}
     with tempfile.TemporaryDirectory(prefix="auralflow-bench-") as tmp:

@@ -5,7 +5,8 @@ Generates a folder of tracks, then measures in one run: a plain loop (read the w
 reads, separation, encoding, writing, the results table) with 1 and 2 actors, each actor's CPU
 share given to torch. Prints audio seconds per wall-clock second and the job / loop ratio; the
 "in workers" column leaves out the fixed start-up (actor processes importing torch, loading
-the model), which a long job amortises.
+the model), which a long job amortises. The loop runs with the same heap settings as the
+job's actors (`allocator`).
 
     python -m bench.separate_throughput [--tracks 6] [--seconds 20] [--workers 1 2]
 """
@@ -19,7 +20,7 @@ import time
 
 import torch
 
-from auralflow_dist import audio, runtime, storage
+from auralflow_dist import allocator, audio, runtime, storage
 from auralflow_dist.config import ModelConfig
 from auralflow_dist.data.generate import synthesize_track
 from auralflow_dist.models import registry
@@ -60,6 +61,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--workdir", default=None, help="default: a temporary folder")
     args = parser.parse_args()
+    allocator.tune()  # the job's actors get the same heap settings
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
     with tempfile.TemporaryDirectory(prefix="auralflow-bench-") as tmp:

@@ -3,7 +3,8 @@
 Both train the same model on the same generated dataset with the same batches (chunks decoded
 by `data.decode` from one epoch's draw). The plain loop decodes in-process, one batch ahead on a
 thread, the way a single-process trainer would; the Ray run is `run_training` with one worker,
-its data decoded by Ray Data. Prints both rates, their ratio and the share of step time each
+its data decoded by Ray Data. Both run with the same heap settings (`allocator`: this
+process tuned on its main thread, Ray's workers from exec on). Prints both rates, their ratio and the share of step time each
 spent waiting for data. Floors on a 2-core CPU machine: Ray Train with one worker >= 85% of the
 plain loop, data wait < 10%.
 
@@ -23,6 +24,7 @@ import time
 import numpy as np
 import torch
 
+from auralflow_dist import allocator
 from auralflow_dist.config import ModelConfig, TrainerConfig, from_dict
 from auralflow_dist.data import manifest
 from auralflow_dist.data.chunks import ChunkDrawer
@@ -103,6 +105,7 @@ def main() -> None:
     parser.add_argument("--amp", action="store_true")
     parser.add_argument("--plain-only", action="store_true")
     args = parser.parse_args()
+    allocator.tune()  # before the decode thread starts; Ray's workers get the same settings
     torch.manual_seed(0)
     model = from_dict(ModelConfig, {"num_channels": 2})  # the seeds' defaults, stereo
     trainer = from_dict(

@@ -190,6 +190,18 @@ def test_service_account_carries_a_cloud_identity_annotation() -> None:
     assert annotations["iam.gke.io/gcp-service-account"].endswith(".iam.gserviceaccount.com")
 
 
+@pytest.mark.parametrize("name", LAUNCHER)
+def test_launcher_runs_workers_at_the_control_planes_priority(name: str) -> None:
+    options = load(CLUSTER / name)["docker"]["run_options"]
+    assert "--env RAY_worker_niceness=0" in options
+
+
+def test_raycluster_runs_workers_at_the_control_planes_priority() -> None:
+    settings = next(d for d in yaml.safe_load_all((KUBERAY / "raycluster.yaml").read_text())
+                    if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "auralflow-settings")
+    assert settings["data"]["RAY_worker_niceness"] == "0"
+
+
 def test_no_secret_values_inline() -> None:
     assert not of_kind("Secret"), "secrets are created with kubectl, never committed"
     secret_like = re.compile(r"SECRET|TOKEN|PASSWORD|CREDENTIAL|_KEY", re.I)

@@ -26,7 +26,7 @@ import ray
 import torch
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from auralflow_dist import runtime, storage
+from auralflow_dist import allocator, storage
 from auralflow_dist.config import ModelConfig, TrainerConfig
 from auralflow_dist.data import manifest as manifests
 from auralflow_dist.data.chunks import ChunkDrawer, ChunkSpec, validation_chunks
@@ -115,7 +115,6 @@ def _decode_batch(
     settings: DecodeSettings,
     s3: storage.S3Settings,
 ) -> dict[str, np.ndarray]:
-    runtime.keep_freed_memory()
     # Workers may lack the driver's environment: read with the S3 settings it had.
     storage.configure(s3)
     chunks = [decode_chunk(drawer, spec, settings) for spec in slots.specs(drawer, batch["id"])]
@@ -166,6 +165,7 @@ def _dataset(
         batch_format="numpy",
         compute=ray.data.TaskPoolStrategy(size=tasks),
         num_cpus=trainer.decode_cpus,
+        runtime_env=allocator.worker_runtime_env(),
         fn_kwargs={
             "slots": slots,
             "drawer": drawer,

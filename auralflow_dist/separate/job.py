@@ -27,7 +27,7 @@ import numpy as np
 import ray
 import torch
 
-from auralflow_dist import observability, runtime, storage
+from auralflow_dist import allocator, observability, runtime, storage
 from auralflow_dist.errors import AudioError, ConfigError
 from auralflow_dist.models import registry
 from auralflow_dist.models.mask_model import SpectrogramMaskModel, resolve_model_dir
@@ -201,6 +201,7 @@ def run_separation(job: SeparateConfig, echo: Callable[[str], None] = print) -> 
         compute=ray.data.ActorPoolStrategy(size=workers, max_tasks_in_flight_per_actor=1),
         num_cpus=cpus,
         num_gpus=gpus,
+        runtime_env=allocator.worker_runtime_env(),
         fn_constructor_kwargs={
             "job": job,
             "model_dir": model_dir,

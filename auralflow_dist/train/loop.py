@@ -20,7 +20,7 @@ import ray.train.torch
 import torch
 import torch.distributed as dist
 
-from auralflow_dist import runtime, storage
+from auralflow_dist import storage
 from auralflow_dist.config import ModelConfig, TrainerConfig, from_dict
 from auralflow_dist.data.pipeline import ChunkStats, get_or_create_epoch_clock, iter_batches
 from auralflow_dist.metrics import si_sdr
@@ -119,7 +119,6 @@ def _validate(model: SpectrogramMaskModel, shard: Any, trainer: TrainerConfig) -
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
-    runtime.keep_freed_memory()
     model_config = from_dict(ModelConfig, loop_config["model"])
     trainer = from_dict(TrainerConfig, loop_config["trainer"])
     session: str = loop_config["session"]

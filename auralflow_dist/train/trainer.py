@@ -22,7 +22,7 @@ import ray
 import ray.train
 from ray.train.torch import TorchTrainer
 
-from auralflow_dist import observability, storage
+from auralflow_dist import allocator, observability, storage
 from auralflow_dist.config import ModelConfig, TrainerConfig
 from auralflow_dist.data import manifest, pipeline
 from auralflow_dist.errors import AuralflowError, ConfigError
@@ -83,6 +83,7 @@ def _run_config(session: str, run: str, trainer: TrainerConfig) -> ray.train.Run
         storage_path=path,
         storage_filesystem=fs,
         failure_config=ray.train.FailureConfig(max_failures=trainer.max_failures),
+        worker_runtime_env=allocator.worker_runtime_env(),
         checkpoint_config=ray.train.CheckpointConfig(
             num_to_keep=trainer.keep_checkpoints,
             checkpoint_score_attribute="val_loss",

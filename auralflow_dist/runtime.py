@@ -11,7 +11,7 @@ import ray
 DATA_CPU_HEADROOM = 2
 # Ray starts workers at nice 15 so its control plane stays responsive; then every wake-up of
 # the raylet, GCS or a driver thread preempts a compute thread and stalls its whole torch
-# thread team: on 2 cores that cost training about 12% and separation 7% (docs/benchmarks.md).
+# thread team: on 2 cores that cost training 5-13% and separation about 7% (docs/benchmarks.md).
 # Our workers are the node's work, so they run at the control plane's priority. Cluster
 # configs set the same through ``RAY_worker_niceness=0`` (cluster/).
 WORKER_NICENESS = 0

@@ -113,6 +113,8 @@ def main() -> None:
     parser.add_argument("--amp", action="store_true")
     parser.add_argument("--plain-only", action="store_true")
     args = parser.parse_args()
+    if args.epochs < 2:
+        parser.error("--epochs must be at least 2: the first epoch warms up and is not timed")
     allocator.tune()  # before the decode thread starts; Ray's workers get the same settings
     torch.manual_seed(0)
     model = from_dict(ModelConfig, {"num_channels": 2})  # the seeds' defaults, stereo

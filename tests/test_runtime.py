@@ -105,5 +105,7 @@ runtime.connect()
 print(ray.get(ray.remote(num_cpus=0)(lambda: os.nice(0)).remote()), os.nice(0))
 ray.shutdown()
 """
+    if os.nice(0) >= 15:
+        pytest.skip("this process already runs at Ray's default worker niceness or lower")
     worker, driver = _python(code, {"RAY_AUTH_MODE": "disabled"}).split()
     assert worker == driver

@@ -482,6 +482,15 @@ def local_path(url: str) -> str | None:
     return path if _is_local(fs) else None
 
 
+def absolute(url: str) -> str:
+    """``url`` with a relative local path made absolute against this process's directory.
+
+    For URLs handed to other processes: Ray Train runs each worker in its run's artifacts
+    folder, where ``demo_output/session`` would name somewhere else entirely.
+    """
+    return local_path(url) or url
+
+
 def size(url: str) -> int:
     """Bytes in the file at ``url``."""
     fs, path = filesystem(url)

@@ -10,8 +10,10 @@ from auralflow_dist.demo import run_demo
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_local")]
 
 
-def test_demo_runs_end_to_end_and_the_estimate_beats_the_mixture(tmp_path, capsys):
-    out = run_demo(str(tmp_path / "demo"), quick=True)
+def test_demo_runs_end_to_end_and_the_estimate_beats_the_mixture(tmp_path, capsys, monkeypatch):
+    # A relative workdir, as `make demo` passes: Ray Train workers run in another directory.
+    monkeypatch.chdir(tmp_path)
+    out = run_demo("demo", quick=True)
     result, rows = out["train"], out["eval"]
     assert result.epochs == 2
     median = next(r for r in rows if r["track"] == "median")

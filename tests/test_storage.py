@@ -361,3 +361,10 @@ def test_server_persists_across_restart(tmp_path: Path) -> None:
         assert server.client().cat_file(f"{bucket}/kept.bin") == b"still here"
     finally:
         server.stop()
+
+
+def test_absolute_makes_relative_local_paths_absolute_and_leaves_buckets(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert storage.absolute("demo_output/session") == f"{tmp_path}/demo_output/session"
+    assert storage.absolute(str(tmp_path / "x")) == str(tmp_path / "x")
+    assert storage.absolute("s3://bucket/sessions/a") == "s3://bucket/sessions/a"

@@ -203,6 +203,8 @@ def run_training(session: str, run: str, table: pa.Table, model_config: ModelCon
     ``init_from`` is a checkpoint directory URL to start from when the run has none of its own
     yet (PBT hands a better trial's checkpoint over this way).
     """
+    session = storage.absolute(session)
+    init_from = storage.absolute(init_from) if init_from else None
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False
     context.print_on_execution_start = False

@@ -17,6 +17,7 @@ Median and mean rows follow the tracks (SiSEC reports medians).
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import math
 import time
@@ -132,6 +133,9 @@ def evaluate(config: EvalConfig) -> tuple[str, list[dict[str, Any]]]:
     """Score every test track; returns the CSV URL and the rows (tracks, then median and mean)."""
     from auralflow_dist.train.trainer import load_manifest
 
+    # The scoring actors' working directory is not this process's.
+    config = dataclasses.replace(config, session=storage.absolute(config.session),
+                                 dataset=storage.absolute(config.dataset))
     tracks = manifest.tracks(load_manifest(config.dataset), "test")[: config.max_tracks]
     if not tracks:
         raise AuralflowError(f"{config.dataset}: no test tracks to evaluate")

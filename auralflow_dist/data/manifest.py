@@ -133,7 +133,8 @@ def scan(
         raise ConfigError(
             "val_fraction", "fractions must be in [0, 1) and leave tracks to train on"
         )
-    found, problems = _find_tracks(dataset_url)
+    # Stem URLs are read by worker processes, whose working directory is not this one's.
+    found, problems = _find_tracks(storage.absolute(dataset_url))
     splits = _assign_splits(found, seed, val_fraction, test_fraction)
     headers = _probe(found)
     common = _common_stems(found)

@@ -151,6 +151,9 @@ def _metrics(job: SeparateConfig, label: str, echo: Callable[[str], None]) -> Ca
 def run_separation(job: SeparateConfig, echo: Callable[[str], None] = print) -> SeparationSummary:
     """Separate every audio file of ``job.audio`` into ``job.save``; see the module docstring."""
     job.validate()
+    # The pool actors' working directory is not this process's.
+    job = dataclasses.replace(job, model=storage.absolute(job.model),
+                              audio=storage.absolute(job.audio), save=storage.absolute(job.save))
     start = time.monotonic()
     model_dir = resolve_model_dir(job.model)
     model_config = registry.load_config(model_dir)

@@ -9,9 +9,11 @@ export RAY_USAGE_STATS_ENABLED := 0
 
 .PHONY: setup demo test test-fast bench lint clean
 
-# Debian's prometheus for the real-scrape tests (skipped quietly where apt is not ours).
+# Debian's prometheus for the real-scrape tests and ffmpeg for reading .stem.mp4 (each test
+# skips, saying why, where apt is not ours).
 setup: $(STAMP)
 	-@infra/local/install-prometheus.sh
+	-@infra/local/install-tool.sh ffprobe ffmpeg
 
 # One resolver pass for the whole stack keeps s3fs/aiobotocore/botocore consistent.
 $(STAMP): pyproject.toml

@@ -47,8 +47,10 @@ def run_case(case: str, folder: str, threads: int, tracks: int, steps: int) -> f
     net = SpectrogramMaskModel(config, from_dict(TrainerConfig, {"lr": 1e-3}), device="cpu")
     net.train()
     g = torch.Generator().manual_seed(0)
-    batch = (torch.rand(8, 2, config.num_samples, generator=g) - 0.5,
-             (torch.rand(8, 2, config.num_samples, generator=g) - 0.5) * 0.3)
+    batch = (
+        torch.rand(8, 2, config.num_samples, generator=g) - 0.5,
+        (torch.rand(8, 2, config.num_samples, generator=g) - 0.5) * 0.3,
+    )
     rates: list[float] = []
 
     def train() -> None:
@@ -102,8 +104,9 @@ def main() -> None:
     env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}  # glibc's defaults
     with tempfile.TemporaryDirectory(prefix="auralflow-bench-") as folder:
         config = ModelConfig(num_channels=2).validate()
-        registry.save_checkpoint(os.path.join(folder, "model"), config,
-                                 registry.build_network(config))
+        registry.save_checkpoint(
+            os.path.join(folder, "model"), config, registry.build_network(config)
+        )
         for i in range(args.tracks):
             track = synthesize_track(i, 30.0, 44100)["mixture"]
             audio.write(storage.join(folder, f"track_{i:02d}.wav"), track, 44100)
@@ -112,15 +115,34 @@ def main() -> None:
         for case in CASES:
             rates = []
             for tuned in (False, True):
-                command = [sys.executable, "-m", "bench.heap", "--child", case,
-                           "--folder", folder, "--threads", str(args.threads),
-                           "--tracks", str(args.tracks), "--steps", str(args.steps)]
-                done = subprocess.run(command + ["--tuned"] * tuned, env=env, check=True,
-                                      capture_output=True, text=True)
+                command = [
+                    sys.executable,
+                    "-m",
+                    "bench.heap",
+                    "--child",
+                    case,
+                    "--folder",
+                    folder,
+                    "--threads",
+                    str(args.threads),
+                    "--tracks",
+                    str(args.tracks),
+                    "--steps",
+                    str(args.steps),
+                ]
+                done = subprocess.run(
+                    command + ["--tuned"] * tuned,
+                    env=env,
+                    check=True,
+                    capture_output=True,
+                    text=True,
+                )
                 rates.append(json.loads(done.stdout.strip().splitlines()[-1])["rate"])
             unit = "audio s/s" if case == "separate" else "samples/s"
-            print(f"{case:<14}{rates[0]:>10.2f}{rates[1]:>10.2f}{rates[1] / rates[0]:>7.2f}x"
-                  f"  ({unit})")
+            print(
+                f"{case:<14}{rates[0]:>10.2f}{rates[1]:>10.2f}{rates[1] / rates[0]:>7.2f}x"
+                f"  ({unit})"
+            )
 
 
 if __name__ == "__main__":

@@ -6,9 +6,11 @@ reads, separation, encoding, writing, the results table) with 1 and 2 actors, ea
 share given to torch. Prints audio seconds per wall-clock second and the job / loop ratio; the
 "in workers" column leaves out the fixed start-up (actor processes importing torch, loading
 the model), which a long job amortises. The loop runs with the same heap settings as the
-job's actors (`allocator`).
+job's actors (`allocator`), once before the jobs and once after: the ratios are against the
+mean of the two, so a machine that slows down or speeds up during the run shows as a spread
+between them rather than as a skewed ratio.
 
-    python -m bench.separate_throughput [--tracks 6] [--seconds 20] [--workers 1 2]
+    python -m bench.separate_throughput [--tracks 32] [--seconds 30] [--workers 1 2]
 """
 
 from __future__ import annotations
@@ -37,10 +39,8 @@ def make_inputs(folder: str, tracks: int, seconds: float, rate: int) -> list[str
     return urls
 
 
-def bare_loop(model_dir: str, urls: list[str], padding: int, batch_size: int) -> float:
+def bare_loop(model: SpectrogramMaskModel, urls: list[str], padding: int, batch_size: int) -> float:
     """Audio seconds per second of read + ``separate()``, one file after another."""
-    torch.set_num_threads(os.cpu_count() or 1)
-    model = SpectrogramMaskModel.from_checkpoint(model_dir, device="cpu")
     x, rate = audio.read(urls[0], frames=5 * audio.info(urls[0]).sample_rate)
     model.separate(x, sample_rate=rate, padding=padding, batch_size=batch_size)  # warm-up
     total, start = 0.0, time.perf_counter()
@@ -53,8 +53,9 @@ def bare_loop(model_dir: str, urls: list[str], padding: int, batch_size: int) ->
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tracks", type=int, default=6)
-    parser.add_argument("--seconds", type=float, default=20.0)
+    # A bulk job's speed is its steady state: too little audio measures mostly start-up.
+    parser.add_argument("--tracks", type=int, default=32)
+    parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--sample-rate", type=int, default=44100)
     parser.add_argument("--num-channels", type=int, default=2, help="1: mono model, 2: stereo")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
@@ -79,9 +80,10 @@ def main() -> None:
         )
         runtime.connect()  # start Ray first: its start-up is not the job's
 
-        loop = bare_loop(model_dir, urls, 200, args.batch_size)
-        print(f"{'':<22}{'audio s/s':>10}{'vs loop':>9}{'in workers':>12}{'vs loop':>9}")
-        print(f"{'separate() loop':<22}{loop:>10.2f}{1.0:>9.2f}")
+        torch.set_num_threads(os.cpu_count() or 1)
+        model = SpectrogramMaskModel.from_checkpoint(model_dir, device="cpu")
+        before = bare_loop(model, urls, 200, args.batch_size)
+        rows = []
         for workers in args.workers:
             job = SeparateConfig(
                 model=model_dir,
@@ -94,7 +96,13 @@ def main() -> None:
             summary = run_separation(job, echo=lambda line: None)
             assert summary.ok == args.tracks, summary.describe()
             busy = sum(r.seconds for r in summary.results) / workers
-            whole, warm = audio_s / summary.wall_seconds, audio_s / busy
+            rows.append((workers, audio_s / summary.wall_seconds, audio_s / busy))
+        after = bare_loop(model, urls, 200, args.batch_size)
+        loop = (before + after) / 2
+        print(f"{'':<22}{'audio s/s':>10}{'vs loop':>9}{'in workers':>12}{'vs loop':>9}")
+        spread = f"   (before the jobs {before:.2f}, after {after:.2f})"
+        print(f"{'separate() loop':<22}{loop:>10.2f}{1.0:>9.2f}{spread}")
+        for workers, whole, warm in rows:
             print(
                 f"{f'job, {workers} actor(s)':<22}{whole:>10.2f}{whole / loop:>9.2f}"
                 f"{warm:>12.2f}{warm / loop:>9.2f}"

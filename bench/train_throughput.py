@@ -100,8 +100,10 @@ def ray_train(table, model: ModelConfig, trainer: TrainerConfig) -> dict:
     # Every epoch trains the same number of samples: time per sample adds up across epochs.
     per_sample = [1.0 / float(row["samples_per_s"]) for row in epochs]
     waits = [float(row["data_wait_share"]) * t for row, t in zip(epochs, per_sample, strict=True)]
-    return {"samples_per_s": len(per_sample) / sum(per_sample),
-            "data_wait_share": sum(waits) / sum(per_sample)}
+    return {
+        "samples_per_s": len(per_sample) / sum(per_sample),
+        "data_wait_share": sum(waits) / sum(per_sample),
+    }
 
 
 def main() -> None:

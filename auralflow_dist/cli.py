@@ -106,8 +106,15 @@ def _cmd_train(args: argparse.Namespace) -> None:
     if args.display:
         print(cfg.to_json(trainer_config), end="")
     connect(args.address, trainer_config.workers_max * trainer_config.cpus_per_worker)
-    result = train(args.session, args.dataset, model_config, trainer_config, resume=args.resume,
-                   metrics_port=args.metrics_port, pushgateway=args.pushgateway)
+    result = train(
+        args.session,
+        args.dataset,
+        model_config,
+        trainer_config,
+        resume=args.resume,
+        metrics_port=args.metrics_port,
+        pushgateway=args.pushgateway,
+    )
     print(result.summary())
 
 
@@ -119,8 +126,9 @@ def _cmd_prepare(args: argparse.Namespace) -> None:
         print(f"skipped {problem}")
     counts = result.table.group_by("split").aggregate([("track", "count")]).to_pylist()
     summary = ", ".join(f"{c['track_count']} {c['split']}" for c in counts)
-    print(f"wrote {out}: {result.table.num_rows} tracks ({summary}), "
-          f"{len(result.problems)} skipped")
+    print(
+        f"wrote {out}: {result.table.num_rows} tracks ({summary}), {len(result.problems)} skipped"
+    )
 
 
 def _cmd_test(args: argparse.Namespace) -> None:
@@ -129,16 +137,25 @@ def _cmd_test(args: argparse.Namespace) -> None:
 
     if args.workers < 1:
         raise ConfigError("workers", "must be at least 1")
-    config = EvalConfig(session=args.session, dataset=args.dataset, save=args.save,
-                        workers=args.workers, gpus_per_worker=args.gpus_per_worker,
-                        bsseval=args.bsseval, padding=args.padding, batch_size=args.batch_size,
-                        max_tracks=args.max_tracks)
+    config = EvalConfig(
+        session=args.session,
+        dataset=args.dataset,
+        save=args.save,
+        workers=args.workers,
+        gpus_per_worker=args.gpus_per_worker,
+        bsseval=args.bsseval,
+        padding=args.padding,
+        batch_size=args.batch_size,
+        max_tracks=args.max_tracks,
+    )
     connect(args.address, args.workers)
     url, rows = evaluate(config)
     median = next(r for r in rows if r["track"] == "median")
-    print(f"median target SI-SDR {median.get('target_si_sdr', float('nan')):+.2f} dB "
-          f"(improvement {median.get('target_si_sdri', float('nan')):+.2f} dB) over "
-          f"{len(rows) - 2} tracks; wrote {url}")
+    print(
+        f"median target SI-SDR {median.get('target_si_sdr', float('nan')):+.2f} dB "
+        f"(improvement {median.get('target_si_sdri', float('nan')):+.2f} dB) over "
+        f"{len(rows) - 2} tracks; wrote {url}"
+    )
 
 
 def _cmd_separate(args: argparse.Namespace) -> None:
@@ -160,8 +177,15 @@ def _cmd_make_dataset(args: argparse.Namespace) -> None:
     def progress(done: int, total: int) -> None:
         print(f"\rgenerated {done}/{total} tracks", end="" if done < total else "\n", flush=True)
 
-    tracks = write_dataset(args.url, tracks=args.tracks, seconds=args.seconds, seed=args.seed,
-                           sample_rate=args.sample_rate, fmt=args.format, progress=progress)
+    tracks = write_dataset(
+        args.url,
+        tracks=args.tracks,
+        seconds=args.seconds,
+        seed=args.seed,
+        sample_rate=args.sample_rate,
+        fmt=args.format,
+        progress=progress,
+    )
     print(f"wrote {len(tracks)} tracks under {args.url}")
 
 
@@ -184,17 +208,26 @@ def _parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("config", help="write a model configuration (model.json) to a session folder")
+    p = sub.add_parser(
+        "config", help="write a model configuration (model.json) to a session folder"
+    )
     p.add_argument("model_type", choices=cfg.MODEL_TYPES)
     p.add_argument("--save", default="my_model", help="session folder (local path or URL)")
     p.add_argument("--display", action="store_true", help="print the config and parameter count")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace an existing model.json (the folder is never deleted)")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing model.json (the folder is never deleted)",
+    )
     for target in cfg.MUSDB_TARGETS:
-        p.add_argument(f"--{target}", dest=f"target_{target}", action="store_true",
-                       help=f"isolate {target}")
+        p.add_argument(
+            f"--{target}", dest=f"target_{target}", action="store_true", help=f"isolate {target}"
+        )
     flags.add_dataclass_flags(
-        p, cfg.ModelConfig, skip=("model_type",), help_text=MODEL_HELP,
+        p,
+        cfg.ModelConfig,
+        skip=("model_type",),
+        help_text=MODEL_HELP,
         aliases={"hidden_channels": ["num_hidden_channels"]},
     )
     p.set_defaults(func=_cmd_config)
@@ -209,59 +242,152 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train the session's model on a dataset with Ray Train")
     p.add_argument("session", help="session folder with model.json (local path or URL)")
     p.add_argument("dataset", help="dataset root (MUSDB18-HQ layout) or a prepared manifest")
-    p.add_argument("--resume", action="store_true",
-                   help="continue from the latest checkpoint, if one exists")
+    p.add_argument(
+        "--resume", action="store_true", help="continue from the latest checkpoint, if one exists"
+    )
     p.add_argument("--display", action="store_true", help="print the trainer config")
-    p.add_argument("--workers", default=None,
-                   help="training workers: N, or MIN:MAX to train elastically (default: 1)")
+    p.add_argument(
+        "--workers",
+        default=None,
+        help="training workers: N, or MIN:MAX to train elastically (default: 1)",
+    )
     p.add_argument("--address", default=None, help="Ray cluster address (default: local Ray)")
-    p.add_argument("--metrics-port", "--metrics_port", dest="metrics_port", type=int,
-                   default=None, help="serve per-epoch Prometheus metrics on this port")
+    p.add_argument(
+        "--metrics-port",
+        "--metrics_port",
+        dest="metrics_port",
+        type=int,
+        default=None,
+        help="serve per-epoch Prometheus metrics on this port",
+    )
     p.add_argument("--pushgateway", default=None, help="push per-epoch metrics to this gateway")
     flags.add_dataclass_flags(
-        p, cfg.TrainerConfig, skip=("workers_min", "workers_max"), help_text=TRAIN_HELP,
+        p,
+        cfg.TrainerConfig,
+        skip=("workers_min", "workers_max"),
+        help_text=TRAIN_HELP,
         aliases={"view_wav": ["view_wave"]},
     )
     p.set_defaults(func=_cmd_train)
 
-    p = sub.add_parser("tune", help="sweep hyperparameters with Ray Tune, each trial a Ray Train run")
-    p.add_argument("sweep_url", metavar="sweep",
-                   help="sweep folder (local path or URL): trials/, results.csv, best/")
-    p.add_argument("dataset_url", metavar="dataset",
-                   help="dataset root (MUSDB18-HQ layout) or a prepared manifest")
-    p.add_argument("--space", default=None,
-                   help="search space file (.json/.yaml); a resumed sweep reuses its own")
-    p.add_argument("--num-samples", "--num_samples", dest="num_samples", type=int, default=4,
-                   help="samples drawn from the space; grid entries multiply them (default: 4)")
-    p.add_argument("--scheduler", choices=("asha", "pbt", "fifo"), default="asha",
-                   help="asha: stop weak trials early; pbt: population based training; fifo: none")
-    p.add_argument("--search", choices=("random", "grid", "optuna"), default="random",
-                   help="random sampling, grid (choices become grid axes) or optuna")
-    p.add_argument("--metric", choices=("val_si_sdr", "val_si_sdri", "val_loss", "train_loss"),
-                   default="val_si_sdr", help="what the sweep optimises (default: val_si_sdr)")
-    p.add_argument("--mode", choices=("max", "min"), default=None,
-                   help="default: the metric's better direction")
-    p.add_argument("--max-concurrent", "--max_concurrent", dest="max_concurrent", type=int,
-                   default=0, help="trials at once (default 0: as many as the cluster fits)")
-    p.add_argument("--workers-per-trial", "--workers_per_trial", dest="workers_per_trial",
-                   type=int, default=1, help="Ray Train workers per trial (default: 1)")
-    p.add_argument("--gpus-per-worker", "--gpus_per_worker", dest="gpus_per_worker", type=float,
-                   default=0.0, help="GPUs per training worker (default: 0, CPU)")
-    p.add_argument("--max-epochs", "--max_epochs", dest="max_epochs", type=int, default=None,
-                   help="epochs per trial (default: the base trainer.json's)")
-    p.add_argument("--grace-period", "--grace_period", dest="grace_period", type=int, default=1,
-                   help="asha: epochs every trial runs before it can be stopped")
-    p.add_argument("--perturbation-interval", "--perturbation_interval",
-                   dest="perturbation_interval", type=int, default=1,
-                   help="pbt: epochs between exploit/explore steps")
+    p = sub.add_parser(
+        "tune", help="sweep hyperparameters with Ray Tune, each trial a Ray Train run"
+    )
+    p.add_argument(
+        "sweep_url",
+        metavar="sweep",
+        help="sweep folder (local path or URL): trials/, results.csv, best/",
+    )
+    p.add_argument(
+        "dataset_url",
+        metavar="dataset",
+        help="dataset root (MUSDB18-HQ layout) or a prepared manifest",
+    )
+    p.add_argument(
+        "--space",
+        default=None,
+        help="search space file (.json/.yaml); a resumed sweep reuses its own",
+    )
+    p.add_argument(
+        "--num-samples",
+        "--num_samples",
+        dest="num_samples",
+        type=int,
+        default=4,
+        help="samples drawn from the space; grid entries multiply them (default: 4)",
+    )
+    p.add_argument(
+        "--scheduler",
+        choices=("asha", "pbt", "fifo"),
+        default="asha",
+        help="asha: stop weak trials early; pbt: population based training; fifo: none",
+    )
+    p.add_argument(
+        "--search",
+        choices=("random", "grid", "optuna"),
+        default="random",
+        help="random sampling, grid (choices become grid axes) or optuna",
+    )
+    p.add_argument(
+        "--metric",
+        choices=("val_si_sdr", "val_si_sdri", "val_loss", "train_loss"),
+        default="val_si_sdr",
+        help="what the sweep optimises (default: val_si_sdr)",
+    )
+    p.add_argument(
+        "--mode",
+        choices=("max", "min"),
+        default=None,
+        help="default: the metric's better direction",
+    )
+    p.add_argument(
+        "--max-concurrent",
+        "--max_concurrent",
+        dest="max_concurrent",
+        type=int,
+        default=0,
+        help="trials at once (default 0: as many as the cluster fits)",
+    )
+    p.add_argument(
+        "--workers-per-trial",
+        "--workers_per_trial",
+        dest="workers_per_trial",
+        type=int,
+        default=1,
+        help="Ray Train workers per trial (default: 1)",
+    )
+    p.add_argument(
+        "--gpus-per-worker",
+        "--gpus_per_worker",
+        dest="gpus_per_worker",
+        type=float,
+        default=0.0,
+        help="GPUs per training worker (default: 0, CPU)",
+    )
+    p.add_argument(
+        "--max-epochs",
+        "--max_epochs",
+        dest="max_epochs",
+        type=int,
+        default=None,
+        help="epochs per trial (default: the base trainer.json's)",
+    )
+    p.add_argument(
+        "--grace-period",
+        "--grace_period",
+        dest="grace_period",
+        type=int,
+        default=1,
+        help="asha: epochs every trial runs before it can be stopped",
+    )
+    p.add_argument(
+        "--perturbation-interval",
+        "--perturbation_interval",
+        dest="perturbation_interval",
+        type=int,
+        default=1,
+        help="pbt: epochs between exploit/explore steps",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the search")
-    p.add_argument("--base", default=None,
-                   help="session whose model.json/trainer.json the trials start from "
-                        "(default: the sweep folder's own, else the defaults)")
-    p.add_argument("--model-type", "--model_type", dest="model_type", choices=cfg.MODEL_TYPES,
-                   default=None, help="override the base model's type")
-    p.add_argument("--resume", action="store_true",
-                   help="continue an interrupted sweep; finished trials are kept")
+    p.add_argument(
+        "--base",
+        default=None,
+        help="session whose model.json/trainer.json the trials start from "
+        "(default: the sweep folder's own, else the defaults)",
+    )
+    p.add_argument(
+        "--model-type",
+        "--model_type",
+        dest="model_type",
+        choices=cfg.MODEL_TYPES,
+        default=None,
+        help="override the base model's type",
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted sweep; finished trials are kept",
+    )
     p.add_argument("--address", default=None, help="Ray cluster address (default: local Ray)")
     p.set_defaults(func=_cmd_tune)
 
@@ -270,10 +396,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("dataset", help="dataset root or prepared manifest")
     p.add_argument("--save", default=None, help="metrics CSV URL (default: SESSION/eval.csv)")
     p.add_argument("--workers", type=int, default=2, help="Ray actors separating tracks")
-    p.add_argument("--gpus-per-worker", "--gpus_per_worker", dest="gpus_per_worker", type=float,
-                   default=0.0)
-    p.add_argument("--bsseval", action="store_true",
-                   help="add museval's BSSEval v4 SDR (1 s frames, median over frames)")
+    p.add_argument(
+        "--gpus-per-worker", "--gpus_per_worker", dest="gpus_per_worker", type=float, default=0.0
+    )
+    p.add_argument(
+        "--bsseval",
+        action="store_true",
+        help="add museval's BSSEval v4 SDR (1 s frames, median over frames)",
+    )
     p.add_argument("--padding", type=int, default=200, help="overlap between windows (samples)")
     p.add_argument("--batch-size", "--batch_size", dest="batch_size", type=int, default=8)
     p.add_argument("--max-tracks", "--max_tracks", dest="max_tracks", type=int, default=None)

@@ -85,7 +85,9 @@ def from_dict(cls: type[T], data: dict[str, Any]) -> T:
     names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     unknown = sorted(set(data) - names)
     if unknown:
-        raise ConfigError(unknown[0], f"unknown {cls.__name__} field (known: {', '.join(sorted(names))})")
+        raise ConfigError(
+            unknown[0], f"unknown {cls.__name__} field (known: {', '.join(sorted(names))})"
+        )
     values = {k: _coerce(k, v, hints[k]) for k, v in data.items()}
     return cls(**values).validate()  # type: ignore[attr-defined]
 
@@ -146,26 +148,44 @@ class ModelConfig:
         return self.num_samples // self.hop_length + 1
 
     def validate(self) -> ModelConfig:
-        _require(self.model_type in MODEL_TYPES, "model_type",
-                 f"unknown model {self.model_type!r} (choose from {', '.join(MODEL_TYPES)})")
-        _require(bool(self.target) and self.target.replace("_", "").replace("-", "").isalnum(),
-                 "target", f"invalid target name {self.target!r}")
-        _require(self.target not in ("mixture", "residual"), "target",
-                 f"{self.target!r} cannot be a separation target")
+        _require(
+            self.model_type in MODEL_TYPES,
+            "model_type",
+            f"unknown model {self.model_type!r} (choose from {', '.join(MODEL_TYPES)})",
+        )
+        _require(
+            bool(self.target) and self.target.replace("_", "").replace("-", "").isalnum(),
+            "target",
+            f"invalid target name {self.target!r}",
+        )
+        _require(
+            self.target not in ("mixture", "residual"),
+            "target",
+            f"{self.target!r} cannot be a separation target",
+        )
         _require(self.num_channels in (1, 2), "num_channels", "must be 1 (mono) or 2 (stereo)")
         _require(self.hidden_channels > 0, "hidden_channels", "must be positive")
         _require(self.sample_length > 0, "sample_length", "must be positive")
         _require(8000 <= self.sample_rate <= 192000, "sample_rate", "must be in 8000..192000 Hz")
         _require(0.0 <= self.dropout_p < 1.0, "dropout_p", "must be in [0, 1)")
         _require(0.0 <= self.leak_factor < 1.0, "leak_factor", "must be in [0, 1)")
-        _require(self.mask_act_fn in MASK_ACTIVATIONS, "mask_act_fn",
-                 f"unknown activation {self.mask_act_fn!r} (choose from {', '.join(MASK_ACTIVATIONS)})")
+        _require(
+            self.mask_act_fn in MASK_ACTIVATIONS,
+            "mask_act_fn",
+            f"unknown activation {self.mask_act_fn!r} (choose from {', '.join(MASK_ACTIVATIONS)})",
+        )
         _require(self.num_fft >= 16, "num_fft", "must be at least 16")
         _require(0 < self.window_size <= self.num_fft, "window_size", "must be in 1..num_fft")
-        _require(0 < self.hop_length <= self.window_size, "hop_length",
-                 "must be positive and at most window_size")
-        _require(self.num_samples >= self.window_size, "sample_length",
-                 "chunks must be at least one STFT window long")
+        _require(
+            0 < self.hop_length <= self.window_size,
+            "hop_length",
+            "must be positive and at most window_size",
+        )
+        _require(
+            self.num_samples >= self.window_size,
+            "sample_length",
+            "chunks must be at least one STFT window long",
+        )
         _require(self.recurrent_depth > 0, "recurrent_depth", "must be positive")
         _require(self.hidden_size > 0, "hidden_size", "must be positive")
         _require(self.input_axis in (0, 1), "input_axis", "must be 0 (frequency) or 1 (time)")
@@ -239,11 +259,24 @@ class TrainerConfig:
     storage: str | None = None
 
     def validate(self) -> TrainerConfig:
-        for name in ("max_tracks", "max_samples", "batch_size", "max_epochs", "pre_fetch",
-                     "image_freq", "val_chunks"):
+        for name in (
+            "max_tracks",
+            "max_samples",
+            "batch_size",
+            "max_epochs",
+            "pre_fetch",
+            "image_freq",
+            "val_chunks",
+        ):
             _require(getattr(self, name) > 0, name, "must be positive")
-        for name in ("num_workers", "stop_patience", "max_plateaus", "shuffle_buffer",
-                     "max_failures", "seed"):
+        for name in (
+            "num_workers",
+            "stop_patience",
+            "max_plateaus",
+            "shuffle_buffer",
+            "max_failures",
+            "seed",
+        ):
             _require(getattr(self, name) >= 0, name, "must not be negative")
         _require(self.lr > 0, "lr", "must be positive")
         _require(self.lr_lstm > 0, "lr_lstm", "must be positive")
@@ -251,21 +284,33 @@ class TrainerConfig:
         _require(self.init_scale > 0, "init_scale", "must be positive")
         _require(self.min_delta >= 0, "min_delta", "must not be negative")
         crit = self.criterion.lower().replace("-", "_")
-        _require(crit in CRITERIA, "criterion",
-                 f"unknown criterion {self.criterion!r} (choose from {', '.join(CRITERIA)})")
+        _require(
+            crit in CRITERIA,
+            "criterion",
+            f"unknown criterion {self.criterion!r} (choose from {', '.join(CRITERIA)})",
+        )
         self.criterion = crit
         _require(self.reduction in REDUCTIONS, "reduction", "must be 'mean' or 'sum'")
-        _require(self.construction_loss in CONSTRUCTION_LOSSES, "construction_loss",
-                 "must be 'l1' or 'l2'")
+        _require(
+            self.construction_loss in CONSTRUCTION_LOSSES,
+            "construction_loss",
+            "must be 'l1' or 'l2'",
+        )
         for name in ("alpha", "beta", "fidelity"):
             _require(getattr(self, name) >= 0, name, "must not be negative")
         if self.criterion == "component" and self.fidelity == 0 and not self.allow_no_fidelity:
-            raise ConfigError("fidelity", "0 switches off the component loss's target-fidelity "
-                              "term; pass --allow-no-fidelity if that is intended")
+            raise ConfigError(
+                "fidelity",
+                "0 switches off the component loss's target-fidelity "
+                "term; pass --allow-no-fidelity if that is intended",
+            )
         _require(self.gain_range_db >= 0, "gain_range_db", "must not be negative")
         _require(self.silence_threshold_db < 0, "silence_threshold_db", "must be below 0 dBFS")
-        _require(1 <= self.workers_min <= self.workers_max, "workers",
-                 "must be N or MIN:MAX with 1 <= MIN <= MAX")
+        _require(
+            1 <= self.workers_min <= self.workers_max,
+            "workers",
+            "must be N or MIN:MAX with 1 <= MIN <= MAX",
+        )
         _require(self.gpus_per_worker >= 0, "gpus_per_worker", "must not be negative")
         _require(self.cpus_per_worker > 0, "cpus_per_worker", "must be positive")
         _require(self.decode_cpus > 0, "decode_cpus", "must be positive")

@@ -33,20 +33,53 @@ class DemoSettings:
     song_seconds: float = 30.0
     sample_rate: int = 16000
     model: tuple[tuple[str, object], ...] = (
-        ("hidden_channels", 8), ("sample_length", 1.0), ("num_fft", 512), ("window_size", 512),
-        ("hop_length", 256), ("dropout_p", 0.1))
+        ("hidden_channels", 8),
+        ("sample_length", 1.0),
+        ("num_fft", 512),
+        ("window_size", 512),
+        ("hop_length", 256),
+        ("dropout_p", 0.1),
+    )
     trainer: tuple[tuple[str, object], ...] = (
-        ("max_epochs", 6), ("max_samples", 192), ("batch_size", 8), ("val_chunks", 32),
-        ("lr", 2e-3), ("num_workers", 2), ("workers_min", 2), ("workers_max", 2),
-        ("image_freq", 2), ("stop_patience", 3))
+        ("max_epochs", 6),
+        ("max_samples", 192),
+        ("batch_size", 8),
+        ("val_chunks", 32),
+        ("lr", 2e-3),
+        ("num_workers", 2),
+        ("workers_min", 2),
+        ("workers_max", 2),
+        ("image_freq", 2),
+        ("stop_patience", 3),
+    )
 
 
-QUICK = DemoSettings(tracks=5, seconds=4.0, songs=2, song_seconds=6.0, sample_rate=8000,
-                     model=(("hidden_channels", 4), ("sample_length", 0.5), ("num_fft", 256),
-                            ("window_size", 256), ("hop_length", 128), ("dropout_p", 0.1)),
-                     trainer=(("max_epochs", 2), ("max_samples", 32), ("batch_size", 4),
-                              ("val_chunks", 8), ("lr", 2e-3), ("num_workers", 1),
-                              ("workers_min", 2), ("workers_max", 2), ("image_freq", 1)))
+QUICK = DemoSettings(
+    tracks=5,
+    seconds=4.0,
+    songs=2,
+    song_seconds=6.0,
+    sample_rate=8000,
+    model=(
+        ("hidden_channels", 4),
+        ("sample_length", 0.5),
+        ("num_fft", 256),
+        ("window_size", 256),
+        ("hop_length", 128),
+        ("dropout_p", 0.1),
+    ),
+    trainer=(
+        ("max_epochs", 2),
+        ("max_samples", 32),
+        ("batch_size", 4),
+        ("val_chunks", 8),
+        ("lr", 2e-3),
+        ("num_workers", 1),
+        ("workers_min", 2),
+        ("workers_max", 2),
+        ("image_freq", 1),
+    ),
+)
 
 
 def _step(text: str) -> float:
@@ -72,8 +105,10 @@ def run_demo(workdir: str, quick: bool = False) -> dict[str, object]:
 
     write_model_config(session, model_config, overwrite=True)
     params = count_parameters(build_network(model_config))
-    t = _step(f"training {model_config.model_type} ({params:,} parameters) for "
-              f"'{model_config.target}' on {trainer.workers_max} Ray Train workers")
+    t = _step(
+        f"training {model_config.model_type} ({params:,} parameters) for "
+        f"'{model_config.target}' on {trainer.workers_max} Ray Train workers"
+    )
     connect(None, trainer.workers_max * trainer.cpus_per_worker)
     result = train(session, manifest_url, model_config, trainer)
     train_seconds = time.perf_counter() - t
@@ -84,11 +119,15 @@ def run_demo(workdir: str, quick: bool = False) -> dict[str, object]:
 
     _step(f"separating a folder of {s.songs} new songs with the bulk job")
     for i in range(s.songs):
-        mix = synthesize_track(seed=1000 + i, seconds=s.song_seconds,
-                               sample_rate=s.sample_rate)["mixture"]
+        mix = synthesize_track(seed=1000 + i, seconds=s.song_seconds, sample_rate=s.sample_rate)[
+            "mixture"
+        ]
         audio.write(storage.join(songs, f"Song {i + 1}.wav"), mix, s.sample_rate)
-    summary = run_separation(SeparateConfig(model=session, audio=songs, save=separated,
-                                            residual=True, workers=2, overwrite=True))
+    summary = run_separation(
+        SeparateConfig(
+            model=session, audio=songs, save=separated, residual=True, workers=2, overwrite=True
+        )
+    )
     print(summary.describe())
 
     table = {
@@ -96,8 +135,7 @@ def run_demo(workdir: str, quick: bool = False) -> dict[str, object]:
         "training samples/s": f"{result.metrics.get('samples_per_s', float('nan')):.1f}",
         "validation SI-SDR, mixture": f"{result.metrics['val_si_sdr_mixture']:+.2f} dB",
         "validation SI-SDR, estimate": f"{result.metrics['val_si_sdr']:+.2f} dB",
-        "test SI-SDR, mixture (median)":
-            f"{median['target_si_sdr'] - median['target_si_sdri']:+.2f} dB",
+        "test SI-SDR, mixture (median)": f"{median['target_si_sdr'] - median['target_si_sdri']:+.2f} dB",
         "test SI-SDR, estimate (median)": f"{median['target_si_sdr']:+.2f} dB",
         "test SI-SDR improvement (median)": f"{median['target_si_sdri']:+.2f} dB",
         "separation speed": f"{summary.realtime_factor:.1f}x real time",

@@ -61,8 +61,9 @@ def _full(track: manifest.Track, name: str) -> np.ndarray:
     return read_source(track, url, 0, track.frames)
 
 
-def score_track(model: SpectrogramMaskModel, track: manifest.Track, bsseval: bool,
-                padding: int, batch_size: int) -> dict[str, Any]:
+def score_track(
+    model: SpectrogramMaskModel, track: manifest.Track, bsseval: bool, padding: int, batch_size: int
+) -> dict[str, Any]:
     """Separate ``track`` whole and score target and residual."""
     target_name = model.config.target
     if target_name not in track.stem_names:
@@ -73,14 +74,19 @@ def score_track(model: SpectrogramMaskModel, track: manifest.Track, bsseval: boo
     else:
         mixture = np.sum([_full(track, s) for s in track.stem_names], axis=0, dtype=np.float32)
     start = time.perf_counter()
-    estimate = model.separate(mixture, sample_rate=track.sample_rate, padding=padding,
-                              batch_size=batch_size)
+    estimate = model.separate(
+        mixture, sample_rate=track.sample_rate, padding=padding, batch_size=batch_size
+    )
     took = time.perf_counter() - start
     mix = torch.from_numpy(mixture)
     ref = torch.from_numpy(reference)
     pairs = {"target": (estimate, ref), "residual": (mix - estimate, mix - ref)}
-    row: dict[str, Any] = {"track": track.name, "duration": track.duration,
-                           "seconds": took, "realtime_factor": track.duration / max(took, 1e-9)}
+    row: dict[str, Any] = {
+        "track": track.name,
+        "duration": track.duration,
+        "seconds": took,
+        "realtime_factor": track.duration / max(took, 1e-9),
+    }
     for part, (est, tgt) in pairs.items():
         row[f"{part}_si_sdr"] = float(si_sdr(est, tgt).mean())
         row[f"{part}_si_snr"] = float(si_snr(est, tgt).mean())
@@ -101,8 +107,9 @@ class _TrackScorer:
         device = "cuda" if torch.cuda.is_available() else "cpu"
         self.model = SpectrogramMaskModel.from_checkpoint(model_url, device=device)
 
-    def score(self, track: manifest.Track, bsseval: bool, padding: int,
-              batch_size: int) -> dict[str, Any]:
+    def score(
+        self, track: manifest.Track, bsseval: bool, padding: int, batch_size: int
+    ) -> dict[str, Any]:
         try:
             return score_track(self.model, track, bsseval, padding, batch_size)
         except AuralflowError as err:
@@ -124,8 +131,12 @@ def _write_csv(url: str, rows: list[dict[str, Any]]) -> None:
     writer = csv.DictWriter(text, fieldnames=keys)
     writer.writeheader()
     for row in rows:
-        writer.writerow({k: (f"{v:.4f}" if isinstance(v, float) and math.isfinite(v) else v)
-                         for k, v in row.items()})
+        writer.writerow(
+            {
+                k: (f"{v:.4f}" if isinstance(v, float) and math.isfinite(v) else v)
+                for k, v in row.items()
+            }
+        )
     storage.write_bytes(url, text.getvalue().encode())
 
 
@@ -134,19 +145,26 @@ def evaluate(config: EvalConfig) -> tuple[str, list[dict[str, Any]]]:
     from auralflow_dist.train.trainer import load_manifest
 
     # The scoring actors' working directory is not this process's.
-    config = dataclasses.replace(config, session=storage.absolute(config.session),
-                                 dataset=storage.absolute(config.dataset))
+    config = dataclasses.replace(
+        config, session=storage.absolute(config.session), dataset=storage.absolute(config.dataset)
+    )
     tracks = manifest.tracks(load_manifest(config.dataset), "test")[: config.max_tracks]
     if not tracks:
         raise AuralflowError(f"{config.dataset}: no test tracks to evaluate")
     SpectrogramMaskModel.from_checkpoint(config.session, device="cpu")  # fail fast, clearly
-    actor = _TrackScorer.options(num_gpus=config.gpus_per_worker, num_cpus=1,
-                                 runtime_env=allocator.worker_runtime_env())
-    pool = ActorPool([actor.remote(config.session, storage.current_settings())
-                      for _ in range(max(1, min(config.workers, len(tracks))))])
+    actor = _TrackScorer.options(
+        num_gpus=config.gpus_per_worker, num_cpus=1, runtime_env=allocator.worker_runtime_env()
+    )
+    pool = ActorPool(
+        [
+            actor.remote(config.session, storage.current_settings())
+            for _ in range(max(1, min(config.workers, len(tracks))))
+        ]
+    )
     rows = []
     work = pool.map_unordered(
-        lambda a, t: a.score.remote(t, config.bsseval, config.padding, config.batch_size), tracks)
+        lambda a, t: a.score.remote(t, config.bsseval, config.padding, config.batch_size), tracks
+    )
     for done, row in enumerate(work, 1):
         rows.append(row)
         status = row.get("error") or f"target SI-SDR {row['target_si_sdr']:+.2f} dB"
@@ -164,9 +182,13 @@ def _plot(config: EvalConfig, rows: list[dict[str, Any]]) -> None:
         return
     png = visualize.bar_scores(
         [r["track"] for r in scored],
-        {"target SI-SDR": [r["target_si_sdr"] for r in scored],
-         "target SI-SDRi": [r["target_si_sdri"] for r in scored],
-         "residual SI-SDR": [r["residual_si_sdr"] for r in scored]},
-        ylabel="dB", title=f"test split: {len(scored)} tracks")
+        {
+            "target SI-SDR": [r["target_si_sdr"] for r in scored],
+            "target SI-SDRi": [r["target_si_sdri"] for r in scored],
+            "residual SI-SDR": [r["residual_si_sdr"] for r in scored],
+        },
+        ylabel="dB",
+        title=f"test split: {len(scored)} tracks",
+    )
     url = config.csv_url.rsplit(".", 1)[0] + ".png"
     storage.write_bytes(url, png)

@@ -59,11 +59,24 @@ def add_dataclass_flags(
         default = f.default if f.default is not dataclasses.MISSING else None
         text = f"{help_text.get(f.name, '')} (default: {default})".strip()
         if kind is bool:
-            parser.add_argument(*spellings, dest=f.name, nargs="?", const=True, default=None,
-                                type=parse_bool, metavar="BOOL", help=text)
+            parser.add_argument(
+                *spellings,
+                dest=f.name,
+                nargs="?",
+                const=True,
+                default=None,
+                type=parse_bool,
+                metavar="BOOL",
+                help=text,
+            )
         else:
-            parser.add_argument(*spellings, dest=f.name, default=None,
-                                type=kind if kind in (int, float) else str, help=text)
+            parser.add_argument(
+                *spellings,
+                dest=f.name,
+                default=None,
+                type=kind if kind in (int, float) else str,
+                help=text,
+            )
 
 
 def given(args: argparse.Namespace, cls: type) -> dict[str, Any]:

@@ -20,8 +20,10 @@ def write_model_config(session: str, config: ModelConfig, overwrite: bool = Fals
     if storage.exists(url) and not overwrite:
         if storage.read_bytes(url).decode() == text:
             return url
-        raise AuralflowError(f"{url} already exists with another config; "
-                             "pass --overwrite to replace it (nothing else is touched)")
+        raise AuralflowError(
+            f"{url} already exists with another config; "
+            "pass --overwrite to replace it (nothing else is touched)"
+        )
     storage.write_bytes(url, text.encode())
     return url
 

@@ -42,8 +42,9 @@ def loss_curve(history: Sequence[Mapping[str, float]], title: str = "training") 
     return _png(fig)
 
 
-def spectrograms(panels: Mapping[str, np.ndarray], sample_rate: int, hop_length: int,
-                 title: str = "") -> bytes:
+def spectrograms(
+    panels: Mapping[str, np.ndarray], sample_rate: int, hop_length: int, title: str = ""
+) -> bytes:
     """Log-magnitude spectrograms (freq, frames) side by side on one colour scale."""
     fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.5), squeeze=False)
     db = {k: 20 * np.log10(np.maximum(v, 1e-5)) for k, v in panels.items()}
@@ -51,8 +52,15 @@ def spectrograms(panels: Mapping[str, np.ndarray], sample_rate: int, hop_length:
     for ax, (name, values) in zip(axes[0], db.items(), strict=True):
         frames = values.shape[1]
         extent = (0, frames * hop_length / sample_rate, 0, sample_rate / 2000)
-        im = ax.imshow(values, origin="lower", aspect="auto", extent=extent, cmap="magma",
-                       vmin=top - 80, vmax=top)
+        im = ax.imshow(
+            values,
+            origin="lower",
+            aspect="auto",
+            extent=extent,
+            cmap="magma",
+            vmin=top - 80,
+            vmax=top,
+        )
         ax.set_title(name)
         ax.set_xlabel("time (s)")
         ax.set_ylabel("kHz" if ax is axes[0][0] else "")
@@ -63,8 +71,9 @@ def spectrograms(panels: Mapping[str, np.ndarray], sample_rate: int, hop_length:
 
 def waveforms(panels: Mapping[str, np.ndarray], sample_rate: int, title: str = "") -> bytes:
     """Waveforms (samples,) stacked on a shared time axis."""
-    fig, axes = plt.subplots(len(panels), 1, figsize=(10, 1.6 * len(panels)), sharex=True,
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        len(panels), 1, figsize=(10, 1.6 * len(panels)), sharex=True, squeeze=False
+    )
     for ax, (name, values) in zip(axes[:, 0], panels.items(), strict=True):
         t = np.arange(values.shape[-1]) / sample_rate
         ax.plot(t, values, linewidth=0.5)
@@ -75,8 +84,9 @@ def waveforms(panels: Mapping[str, np.ndarray], sample_rate: int, title: str = "
     return _png(fig)
 
 
-def bar_scores(names: Sequence[str], scores: Mapping[str, Sequence[float]], ylabel: str,
-               title: str = "") -> bytes:
+def bar_scores(
+    names: Sequence[str], scores: Mapping[str, Sequence[float]], ylabel: str, title: str = ""
+) -> bytes:
     """Per-item scores as grouped bars (one group per item, one bar per metric)."""
     fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(names) + 2), 4))
     width = 0.8 / max(1, len(scores))

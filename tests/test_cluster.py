@@ -197,8 +197,11 @@ def test_launcher_runs_workers_at_the_control_planes_priority(name: str) -> None
 
 
 def test_raycluster_runs_workers_at_the_control_planes_priority() -> None:
-    settings = next(d for d in yaml.safe_load_all((KUBERAY / "raycluster.yaml").read_text())
-                    if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "auralflow-settings")
+    settings = next(
+        d
+        for d in yaml.safe_load_all((KUBERAY / "raycluster.yaml").read_text())
+        if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "auralflow-settings"
+    )
     assert settings["data"]["RAY_worker_niceness"] == "0"
 
 

@@ -22,19 +22,29 @@ needs_glibc = pytest.mark.skipif(not GLIBC, reason="glibc only")
 
 def _python(code: str, env: dict[str, str] | None = None) -> str:
     base = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
-    done = subprocess.run([sys.executable, "-c", code], env={**base, **(env or {})},
-                          capture_output=True, text=True, timeout=120, check=True)
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**base, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
     return done.stdout.strip().splitlines()[-1]
 
 
 def test_worker_tunables_are_ours_unless_the_user_set_their_own(monkeypatch) -> None:
     monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
     env = allocator.worker_runtime_env()["env_vars"]["GLIBC_TUNABLES"]
-    assert env.split(":") == ["glibc.malloc.mmap_max=0", "glibc.malloc.arena_max=1",
-                              "glibc.malloc.trim_threshold=1073741824"]
+    assert env.split(":") == [
+        "glibc.malloc.mmap_max=0",
+        "glibc.malloc.arena_max=1",
+        "glibc.malloc.trim_threshold=1073741824",
+    ]
     monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.arena_max=4")
-    assert allocator.worker_runtime_env() == {"env_vars": {"GLIBC_TUNABLES":
-                                                           "glibc.malloc.arena_max=4"}}
+    assert allocator.worker_runtime_env() == {
+        "env_vars": {"GLIBC_TUNABLES": "glibc.malloc.arena_max=4"}
+    }
 
 
 @needs_glibc

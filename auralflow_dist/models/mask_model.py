@@ -147,8 +147,12 @@ class SpectrogramMaskModel:
             groups.append({"params": recurrent, "lr": trainer.lr_lstm, "name": "recurrent"})
         self.optimizer = torch.optim.Adam(groups)
         self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-            self.optimizer, mode="min", factor=0.5, patience=trainer.stop_patience,
-            threshold=trainer.min_delta, threshold_mode="abs",
+            self.optimizer,
+            mode="min",
+            factor=0.5,
+            patience=trainer.stop_patience,
+            threshold=trainer.min_delta,
+            threshold_mode="abs",
         )
         self.early_stopping = EarlyStopping(
             trainer.stop_patience, trainer.max_plateaus, trainer.min_delta
@@ -164,8 +168,8 @@ class SpectrogramMaskModel:
     def set_data(self, mixture: torch.Tensor, target: torch.Tensor | None = None) -> None:
         """Mixture and target waveforms, (batch, channels, samples), moved to the model's device."""
         self.mixture = to_float_audio(mixture).to(self.device, non_blocking=True)
-        self.target = None if target is None else to_float_audio(target).to(
-            self.device, non_blocking=True
+        self.target = (
+            None if target is None else to_float_audio(target).to(self.device, non_blocking=True)
         )
 
     def autocast(self) -> contextlib.AbstractContextManager:
@@ -223,9 +227,9 @@ class SpectrogramMaskModel:
         norm = None
         if self.trainer.clip_grad:
             self.grad_scaler.unscale_(self.optimizer)
-            norm = float(nn.utils.clip_grad_norm_(
-                self.model.parameters(), self.trainer.max_grad_norm
-            ))
+            norm = float(
+                nn.utils.clip_grad_norm_(self.model.parameters(), self.trainer.max_grad_norm)
+            )
         self.grad_scaler.step(self.optimizer)
         self.grad_scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
@@ -303,8 +307,10 @@ class SpectrogramMaskModel:
         else:
             groups = audio[:, None].expand(-1, 2, -1)  # duplicated mono through a stereo model
         outs = [self._separate_windows(g, window, padding, batch_size) for g in groups]
-        out = torch.cat(outs) if want == 1 or channels == 2 else torch.stack(
-            [o.mean(dim=0) for o in outs]
+        out = (
+            torch.cat(outs)
+            if want == 1 or channels == 2
+            else torch.stack([o.mean(dim=0) for o in outs])
         )
         return out
 
@@ -349,8 +355,10 @@ class SpectrogramMaskModel:
         self.optimizer.load_state_dict(self._load_state("optimizer.pt", global_step, directory))
 
     def save_scheduler(self, global_step: int, directory: str | None = None) -> None:
-        state = {"scheduler": self.scheduler.state_dict(),
-                 "early_stopping": self.early_stopping.state_dict()}
+        state = {
+            "scheduler": self.scheduler.state_dict(),
+            "early_stopping": self.early_stopping.state_dict(),
+        }
         self._save_state("scheduler.pt", state, global_step, directory)
 
     def load_scheduler(self, global_step: int, directory: str | None = None) -> None:
@@ -366,25 +374,49 @@ class SpectrogramMaskModel:
         if state:
             self.grad_scaler.load_state_dict(state)
 
-    def save(self, global_step: int, model: bool = True, optim: bool = True,
-             scheduler: bool = True, grad_scaler: bool = True, directory: str | None = None) -> None:
-        for wanted, method in ((model, self.save_model), (optim, self.save_optim),
-                               (scheduler, self.save_scheduler),
-                               (grad_scaler, self.save_grad_scaler)):
+    def save(
+        self,
+        global_step: int,
+        model: bool = True,
+        optim: bool = True,
+        scheduler: bool = True,
+        grad_scaler: bool = True,
+        directory: str | None = None,
+    ) -> None:
+        for wanted, method in (
+            (model, self.save_model),
+            (optim, self.save_optim),
+            (scheduler, self.save_scheduler),
+            (grad_scaler, self.save_grad_scaler),
+        ):
             if wanted:
                 method(global_step, directory)
 
-    def load(self, global_step: int, model: bool = True, optim: bool = True,
-             scheduler: bool = True, grad_scaler: bool = True, directory: str | None = None) -> None:
-        for wanted, method in ((model, self.load_model), (optim, self.load_optim),
-                               (scheduler, self.load_scheduler),
-                               (grad_scaler, self.load_grad_scaler)):
+    def load(
+        self,
+        global_step: int,
+        model: bool = True,
+        optim: bool = True,
+        scheduler: bool = True,
+        grad_scaler: bool = True,
+        directory: str | None = None,
+    ) -> None:
+        for wanted, method in (
+            (model, self.load_model),
+            (optim, self.load_optim),
+            (scheduler, self.load_scheduler),
+            (grad_scaler, self.load_grad_scaler),
+        ):
             if wanted:
                 method(global_step, directory)
 
     @classmethod
-    def from_checkpoint(cls, directory: str, device: str | torch.device | None = None,
-                        trainer: TrainerConfig | None = None) -> SpectrogramMaskModel:
+    def from_checkpoint(
+        cls,
+        directory: str,
+        device: str | torch.device | None = None,
+        trainer: TrainerConfig | None = None,
+    ) -> SpectrogramMaskModel:
         """An evaluation-mode model from a checkpoint or session folder (its ``best/`` if any)."""
         resolved = resolve_model_dir(directory)
         dev = torch.device(device) if device is not None else default_device()

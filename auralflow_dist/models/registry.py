@@ -75,8 +75,10 @@ def load_tensors(url: str, map_location: str | torch.device = "cpu") -> Any:
     try:
         return torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
     except Exception as err:  # torch raises UnpicklingError, RuntimeError, EOFError, ...
-        raise CheckpointError(f"{url}: not a loadable tensor file ({type(err).__name__}: "
-                              f"{str(err).splitlines()[0][:200]})") from None
+        raise CheckpointError(
+            f"{url}: not a loadable tensor file ({type(err).__name__}: "
+            f"{str(err).splitlines()[0][:200]})"
+        ) from None
 
 
 def save_checkpoint(directory: str, config: ModelConfig, network: nn.Module) -> None:
@@ -95,7 +97,9 @@ def load_config(directory: str) -> ModelConfig:
     return from_json(ModelConfig, text, source=url)
 
 
-def load_network(directory: str, device: str | torch.device = "cpu") -> tuple[ModelConfig, nn.Module]:
+def load_network(
+    directory: str, device: str | torch.device = "cpu"
+) -> tuple[ModelConfig, nn.Module]:
     """Rebuild the network from ``model.json`` and load ``weights.pt`` into it, strictly."""
     config = load_config(directory)
     network = build_network(config)
@@ -105,8 +109,9 @@ def load_network(directory: str, device: str | torch.device = "cpu") -> tuple[Mo
     try:
         network.load_state_dict(state, strict=True)
     except RuntimeError as err:
-        raise CheckpointError(f"{directory}: weights do not match model.json "
-                              f"({str(err).splitlines()[0][:300]})") from None
+        raise CheckpointError(
+            f"{directory}: weights do not match model.json ({str(err).splitlines()[0][:300]})"
+        ) from None
     return config, network.to(device).eval()
 
 

@@ -46,15 +46,27 @@ def _barrier() -> None:
         dist.barrier()
 
 
-def _train_epoch(model: SpectrogramMaskModel, shard: Any, trainer: TrainerConfig,
-                 reporter: EpochReporter | None, loop: ckpt_state.LoopState) -> dict[str, float]:
+def _train_epoch(
+    model: SpectrogramMaskModel,
+    shard: Any,
+    trainer: TrainerConfig,
+    reporter: EpochReporter | None,
+    loop: ckpt_state.LoopState,
+) -> dict[str, float]:
     model.train()
     device = model.device
     loss_sum, count, samples, wait, nonfinite = 0.0, 0, 0, 0.0, 0
     start = tick = time.perf_counter()
     stats = ChunkStats()
-    batches = iter_batches(shard, trainer.batch_size, trainer.shuffle_buffer, trainer.pre_fetch,
-                           device, pin_memory=trainer.pin_memory, stats=stats)
+    batches = iter_batches(
+        shard,
+        trainer.batch_size,
+        trainer.shuffle_buffer,
+        trainer.pre_fetch,
+        device,
+        pin_memory=trainer.pin_memory,
+        stats=stats,
+    )
     for mixture, target in batches:
         wait += time.perf_counter() - tick
         model.set_data(mixture, target)
@@ -75,7 +87,8 @@ def _train_epoch(model: SpectrogramMaskModel, shard: Any, trainer: TrainerConfig
         tick = time.perf_counter()
     elapsed = time.perf_counter() - start
     loss_sum, count, samples, wait_sum, time_sum, nonfinite, silent = _all_reduce(
-        [loss_sum, count, samples, wait, elapsed, nonfinite, stats.silent_dropped], device)
+        [loss_sum, count, samples, wait, elapsed, nonfinite, stats.silent_dropped], device
+    )
     world = dist.get_world_size() if dist.is_initialized() else 1
     return {
         "train_loss": loss_sum / max(count, 1),
@@ -87,15 +100,18 @@ def _train_epoch(model: SpectrogramMaskModel, shard: Any, trainer: TrainerConfig
     }
 
 
-def _validate(model: SpectrogramMaskModel, shard: Any, trainer: TrainerConfig) -> tuple[dict[str, float], tuple]:
+def _validate(
+    model: SpectrogramMaskModel, shard: Any, trainer: TrainerConfig
+) -> tuple[dict[str, float], tuple]:
     """Loss and SI-SDR (estimate and mixture) on the fixed validation chunks."""
     model.eval()
     loss_sum = est_sum = mix_sum = 0.0
     count = 0
     example = None
     with torch.no_grad():
-        for mixture, target in iter_batches(shard, trainer.batch_size, 0, trainer.pre_fetch,
-                                            model.device, drop_last=False):
+        for mixture, target in iter_batches(
+            shard, trainer.batch_size, 0, trainer.pre_fetch, model.device, drop_last=False
+        ):
             model.set_data(mixture, target)
             model.forward()
             n = mixture.shape[0]
@@ -105,15 +121,24 @@ def _validate(model: SpectrogramMaskModel, shard: Any, trainer: TrainerConfig) -
             mix_sum += float(si_sdr(model.mixture, model.target).mean(dim=-1).sum())
             count += n
             if example is None:
-                example = (model.mixture[0].cpu(), model.target[0].cpu(), estimate[0].cpu(),
-                           model.mix_spec[0].abs().cpu(), model.estimate_spec[0].cpu(),
-                           model.stft(model.target[:1])[0].abs().cpu())
+                example = (
+                    model.mixture[0].cpu(),
+                    model.target[0].cpu(),
+                    estimate[0].cpu(),
+                    model.mix_spec[0].abs().cpu(),
+                    model.estimate_spec[0].cpu(),
+                    model.stft(model.target[:1])[0].abs().cpu(),
+                )
     # Every rank validates the same chunks; the sum keeps the decision identical regardless.
-    loss_sum, est_sum, mix_sum, count = _all_reduce([loss_sum, est_sum, mix_sum, count],
-                                                    model.device)
+    loss_sum, est_sum, mix_sum, count = _all_reduce(
+        [loss_sum, est_sum, mix_sum, count], model.device
+    )
     count = max(count, 1)
-    metrics = {"val_loss": loss_sum / count, "val_si_sdr": est_sum / count,
-               "val_si_sdr_mixture": mix_sum / count}
+    metrics = {
+        "val_loss": loss_sum / count,
+        "val_si_sdr": est_sum / count,
+        "val_si_sdr_mixture": mix_sum / count,
+    }
     metrics["val_si_sdri"] = metrics["val_si_sdr"] - metrics["val_si_sdr_mixture"]
     return metrics, example
 
@@ -143,9 +168,11 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     clock = get_or_create_epoch_clock(loop_config["clock"])
     reporter = EpochReporter(session, model_config, trainer) if rank == 0 else None
     if rank == 0:
-        print(f"[train] {world} worker(s) on {device}; batch {trainer.batch_size} per worker, "
-              f"{trainer.batch_size * world} global; starting at epoch {loop.epoch + 1}",
-              flush=True)
+        print(
+            f"[train] {world} worker(s) on {device}; batch {trainer.batch_size} per worker, "
+            f"{trainer.batch_size * world} global; starting at epoch {loop.epoch + 1}",
+            flush=True,
+        )
 
     train_shard = ray.train.get_dataset_shard("train")
     val_shard = ray.train.get_dataset_shard("val")
@@ -159,8 +186,12 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         diverged = metrics.pop("nonfinite") > 0
         val, example = ({}, None) if diverged else _validate(model, val_shard, trainer)
         metrics.update(val)
-        metrics.update(epoch=epoch, global_step=loop.global_step, diverged=diverged,
-                       lr=model.optimizer.param_groups[0]["lr"])
+        metrics.update(
+            epoch=epoch,
+            global_step=loop.global_step,
+            diverged=diverged,
+            lr=model.optimizer.param_groups[0]["lr"],
+        )
         if diverged:
             # Stop without a checkpoint: the last good one stays the latest.
             if rank == 0:
@@ -172,20 +203,25 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         if improved:
             loop.best_val_loss, loop.best_epoch = metrics["val_loss"], epoch
         loop.epoch = epoch
-        metrics.update(best_val_loss=loop.best_val_loss, best_epoch=loop.best_epoch,
-                       stopped_early=stop)
+        metrics.update(
+            best_val_loss=loop.best_val_loss, best_epoch=loop.best_epoch, stopped_early=stop
+        )
         loop.history.append({k: v for k, v in metrics.items() if isinstance(v, int | float)})
         with tempfile.TemporaryDirectory() as tmp:
             report_checkpoint = None
             if rank == 0:
                 ckpt_state.save(tmp, model, loop)
                 if improved:
-                    registry.save_checkpoint(storage.join(session, "best"), model_config,
-                                             model.model)
+                    registry.save_checkpoint(
+                        storage.join(session, "best"), model_config, model.model
+                    )
                 reporter.epoch(loop, metrics, model, example)
                 report_checkpoint = ray.train.Checkpoint.from_directory(tmp)
-            ray.train.report(metrics, checkpoint=report_checkpoint,
-                             checkpoint_dir_name=f"checkpoint_epoch_{epoch:04d}")
+            ray.train.report(
+                metrics,
+                checkpoint=report_checkpoint,
+                checkpoint_dir_name=f"checkpoint_epoch_{epoch:04d}",
+            )
         if stop:
             break
     if rank == 0:
@@ -198,4 +234,3 @@ def write_status(session: str, state: str, metrics: dict[str, Any]) -> None:
     """How the run ended, for the driver (Train's result only carries checkpointed metrics)."""
     status = {"state": state, "epoch": metrics["epoch"], "global_step": metrics["global_step"]}
     storage.write_bytes(storage.join(session, STATUS_FILE), json.dumps(status).encode())
-

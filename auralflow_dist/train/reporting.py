@@ -44,12 +44,19 @@ class EpochReporter:
         if self.trainer.view_norm and grad_norm is not None:
             self.writer.add_scalar("grad_norm/total", grad_norm, global_step)
 
-    def epoch(self, loop: LoopState, metrics: dict[str, Any], model: SpectrogramMaskModel,
-              example: tuple | None) -> None:
+    def epoch(
+        self,
+        loop: LoopState,
+        metrics: dict[str, Any],
+        model: SpectrogramMaskModel,
+        example: tuple | None,
+    ) -> None:
         self._print(metrics)
         self._write_history(loop)
-        storage.write_bytes(storage.join(self.session, "loss_curve.png"),
-                            visualize.loss_curve(loop.history, title=self.model_config.model_type))
+        storage.write_bytes(
+            storage.join(self.session, "loss_curve.png"),
+            visualize.loss_curve(loop.history, title=self.model_config.model_type),
+        )
         epoch = metrics["epoch"]
         image_epoch = epoch % self.trainer.image_freq == 0 or epoch == 1
         if example is not None and image_epoch:
@@ -60,11 +67,14 @@ class EpochReporter:
     def _print(self, m: dict[str, Any]) -> None:
         if self.trainer.silent:
             return
-        print(f"[train] epoch {m['epoch']:>3}/{self.trainer.max_epochs}  "
-              f"loss {m['train_loss']:.4f}  val {m['val_loss']:.4f}  "
-              f"val SI-SDR {m['val_si_sdr']:+.2f} dB (mixture {m['val_si_sdr_mixture']:+.2f})  "
-              f"{m['samples_per_s']:.1f} samples/s  data wait {100 * m['data_wait_share']:.0f}%  "
-              f"lr {m['lr']:.2e}", flush=True)
+        print(
+            f"[train] epoch {m['epoch']:>3}/{self.trainer.max_epochs}  "
+            f"loss {m['train_loss']:.4f}  val {m['val_loss']:.4f}  "
+            f"val SI-SDR {m['val_si_sdr']:+.2f} dB (mixture {m['val_si_sdr_mixture']:+.2f})  "
+            f"{m['samples_per_s']:.1f} samples/s  data wait {100 * m['data_wait_share']:.0f}%  "
+            f"lr {m['lr']:.2e}",
+            flush=True,
+        )
 
     def _write_history(self, loop: LoopState) -> None:
         keys = list(dict.fromkeys(k for row in loop.history for k in row))
@@ -79,22 +89,43 @@ class EpochReporter:
         c = self.model_config
         name = f"{c.target}_epoch_{epoch:04d}.png"
         spec_png = visualize.spectrograms(
-            {"mixture": mix_mag[0].numpy(), f"estimate ({c.target})": est_mag[0].numpy(),
-             f"true {c.target}": target_mag[0].numpy()},
-            c.sample_rate, c.hop_length, title=f"epoch {epoch}")
+            {
+                "mixture": mix_mag[0].numpy(),
+                f"estimate ({c.target})": est_mag[0].numpy(),
+                f"true {c.target}": target_mag[0].numpy(),
+            },
+            c.sample_rate,
+            c.hop_length,
+            title=f"epoch {epoch}",
+        )
         storage.write_bytes(storage.join(self.session, "spectrogram", name), spec_png)
         wave_png = visualize.waveforms(
-            {"mixture": mixture[0].numpy(), "estimate": estimate[0].numpy(),
-             "target": target[0].numpy(), "residual": (mixture - estimate)[0].numpy()},
-            c.sample_rate, title=f"epoch {epoch}")
+            {
+                "mixture": mixture[0].numpy(),
+                "estimate": estimate[0].numpy(),
+                "target": target[0].numpy(),
+                "residual": (mixture - estimate)[0].numpy(),
+            },
+            c.sample_rate,
+            title=f"epoch {epoch}",
+        )
         storage.write_bytes(storage.join(self.session, "waveform", name), wave_png)
 
-    def _tensorboard(self, epoch: int, metrics: dict[str, Any], model: SpectrogramMaskModel,
-                     example: tuple | None, image_epoch: bool) -> None:
+    def _tensorboard(
+        self,
+        epoch: int,
+        metrics: dict[str, Any],
+        model: SpectrogramMaskModel,
+        example: tuple | None,
+        image_epoch: bool,
+    ) -> None:
         t, w = self.trainer, self.writer
         if t.view_epoch:
-            w.add_scalars("loss/epoch", {"train": metrics["train_loss"],
-                                         "validation": metrics["val_loss"]}, epoch)
+            w.add_scalars(
+                "loss/epoch",
+                {"train": metrics["train_loss"], "validation": metrics["val_loss"]},
+                epoch,
+            )
             w.add_scalar("val/si_sdr", metrics["val_si_sdr"], epoch)
             w.add_scalar("val/si_sdri", metrics["val_si_sdri"], epoch)
         params = list(model.model.named_parameters())
@@ -116,8 +147,9 @@ class EpochReporter:
                 w.add_image("spectrogram/estimate", _spec_image(est_mag), epoch, dataformats="HW")
                 w.add_image("spectrogram/mixture", _spec_image(mix_mag), epoch, dataformats="HW")
             if t.view_wav:
-                png = visualize.waveforms({"estimate": estimate[0].numpy(),
-                                           "target": target[0].numpy()}, rate)
+                png = visualize.waveforms(
+                    {"estimate": estimate[0].numpy(), "target": target[0].numpy()}, rate
+                )
                 w.add_image("waveform", _decode_png(png), epoch, dataformats="HWC")
         w.flush()
         self._sync_tensorboard()

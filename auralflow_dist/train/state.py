@@ -17,8 +17,14 @@ from auralflow_dist import storage
 from auralflow_dist.models.mask_model import SpectrogramMaskModel
 
 STATE_FILE = "state.json"
-CHECKPOINT_FILES = ("model.json", "weights.pt", "optimizer.pt", "scheduler.pt", "grad_scaler.pt",
-                    STATE_FILE)
+CHECKPOINT_FILES = (
+    "model.json",
+    "weights.pt",
+    "optimizer.pt",
+    "scheduler.pt",
+    "grad_scaler.pt",
+    STATE_FILE,
+)
 
 
 @dataclass

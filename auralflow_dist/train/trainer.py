@@ -44,11 +44,13 @@ class TrainResult:
 
     def summary(self) -> str:
         m = self.metrics
-        return (f"trained {self.epochs} epoch(s); best epoch {self.best_epoch} "
-                f"(val loss {self.best_val_loss:.4f}); last val SI-SDR "
-                f"{m.get('val_si_sdr', float('nan')):+.2f} dB vs mixture "
-                f"{m.get('val_si_sdr_mixture', float('nan')):+.2f} dB; "
-                f"best model in {storage.join(self.session, 'best')}")
+        return (
+            f"trained {self.epochs} epoch(s); best epoch {self.best_epoch} "
+            f"(val loss {self.best_val_loss:.4f}); last val SI-SDR "
+            f"{m.get('val_si_sdr', float('nan')):+.2f} dB vs mixture "
+            f"{m.get('val_si_sdr_mixture', float('nan')):+.2f} dB; "
+            f"best model in {storage.join(self.session, 'best')}"
+        )
 
 
 def load_manifest(dataset_url: str) -> pa.Table:
@@ -94,14 +96,16 @@ def _run_config(session: str, run: str, trainer: TrainerConfig) -> ray.train.Run
 
 def _scaling(trainer: TrainerConfig) -> ray.train.ScalingConfig:
     workers: int | tuple[int, int] = (
-        trainer.workers_max if trainer.workers_min == trainer.workers_max
+        trainer.workers_max
+        if trainer.workers_min == trainer.workers_max
         else (trainer.workers_min, trainer.workers_max)
     )
     resources = {"CPU": trainer.cpus_per_worker}
     if trainer.gpus_per_worker > 0:
         resources["GPU"] = trainer.gpus_per_worker
-    return ray.train.ScalingConfig(num_workers=workers, use_gpu=trainer.gpus_per_worker > 0,
-                                   resources_per_worker=resources)
+    return ray.train.ScalingConfig(
+        num_workers=workers, use_gpu=trainer.gpus_per_worker > 0, resources_per_worker=resources
+    )
 
 
 class EpochMetricsExporter:
@@ -153,9 +157,15 @@ def _is_number(text: str) -> bool:
     return True
 
 
-def train(session: str, dataset_url: str, model_config: ModelConfig, trainer: TrainerConfig,
-          resume: bool = False, metrics_port: int | None = None,
-          pushgateway: str | None = None) -> TrainResult:
+def train(
+    session: str,
+    dataset_url: str,
+    model_config: ModelConfig,
+    trainer: TrainerConfig,
+    resume: bool = False,
+    metrics_port: int | None = None,
+    pushgateway: str | None = None,
+) -> TrainResult:
     """Train ``model_config`` on ``dataset_url`` (a dataset root or a manifest) into ``session``.
 
     With ``metrics_port`` the driver serves the per-epoch metrics on ``/metrics``; with
@@ -163,9 +173,12 @@ def train(session: str, dataset_url: str, model_config: ModelConfig, trainer: Tr
     """
     per_epoch = trainer.max_samples // trainer.workers_max
     if trainer.batch_size > per_epoch:
-        raise ConfigError("batch_size", f"{trainer.batch_size} is larger than the {per_epoch} "
-                          f"chunks each of {trainer.workers_max} worker(s) gets per epoch "
-                          f"(--max-samples {trainer.max_samples}): no batch would be full")
+        raise ConfigError(
+            "batch_size",
+            f"{trainer.batch_size} is larger than the {per_epoch} "
+            f"chunks each of {trainer.workers_max} worker(s) gets per epoch "
+            f"(--max-samples {trainer.max_samples}): no batch would be full",
+        )
     table = load_manifest(dataset_url)
     write_trainer_config(session, trainer)
     run = _run_name(session, resume)
@@ -186,18 +199,28 @@ def train(session: str, dataset_url: str, model_config: ModelConfig, trainer: Tr
             f"training stopped at epoch {status['epoch']}: the loss became NaN/inf "
             f"(NaN/inf samples in the data, or a learning rate too high: try a lower --lr or "
             f"--clip-grad); the last good checkpoint is intact in "
-            f"{storage.join(session, 'checkpoints', run)}")
+            f"{storage.join(session, 'checkpoints', run)}"
+        )
     return TrainResult(
-        session=session, run=run, epochs=int(metrics.get("epoch", 0)),
+        session=session,
+        run=run,
+        epochs=int(metrics.get("epoch", 0)),
         best_epoch=int(metrics.get("best_epoch", 0)),
-        best_val_loss=float(metrics.get("best_val_loss", float("nan"))), metrics=metrics,
+        best_val_loss=float(metrics.get("best_val_loss", float("nan"))),
+        metrics=metrics,
         checkpoint=result.checkpoint.path if result.checkpoint else None,
     )
 
 
-def run_training(session: str, run: str, table: pa.Table, model_config: ModelConfig,
-                 trainer: TrainerConfig, callbacks: Sequence[Any] = (),
-                 init_from: str | None = None) -> ray.train.Result:
+def run_training(
+    session: str,
+    run: str,
+    table: pa.Table,
+    model_config: ModelConfig,
+    trainer: TrainerConfig,
+    callbacks: Sequence[Any] = (),
+    init_from: str | None = None,
+) -> ray.train.Result:
     """Fit one ``TorchTrainer`` run; shared by ``train`` and by every Tune trial.
 
     ``init_from`` is a checkpoint directory URL to start from when the run has none of its own
@@ -214,8 +237,13 @@ def run_training(session: str, run: str, table: pa.Table, model_config: ModelCon
         "train": pipeline.build_train_dataset(table, model_config, trainer, clock_name),
         "val": pipeline.build_val_dataset(table, model_config, trainer),
     }
-    loop_config = {"model": asdict(model_config), "trainer": asdict(trainer), "session": session,
-                   "clock": clock_name, "init_from": init_from}
+    loop_config = {
+        "model": asdict(model_config),
+        "trainer": asdict(trainer),
+        "session": session,
+        "clock": clock_name,
+        "init_from": init_from,
+    }
     run_config = _run_config(session, run, trainer)
     run_config.callbacks = list(callbacks)
     torch_trainer = TorchTrainer(

@@ -11,6 +11,10 @@ mean of the two, so a machine that slows down or speeds up during the run shows 
 between them rather than as a skewed ratio.
 
     python -m bench.separate_throughput [--tracks 32] [--seconds 30] [--workers 1 2]
+    python -m bench.separate_throughput --device cuda --batch-size 32   # one actor per GPU
+
+Audio seconds per second is the speed in x real time; on a GPU each actor has one GPU, so the
+job's figure divided by its actors is x real time per GPU, end to end.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from auralflow_dist.data.generate import synthesize_track
 from auralflow_dist.models import registry
 from auralflow_dist.models.mask_model import SpectrogramMaskModel
 from auralflow_dist.separate import SeparateConfig, run_separation
+from bench.gpu_utilization import UtilizationSampler
 
 
 def make_inputs(folder: str, tracks: int, seconds: float, rate: int) -> list[str]:
@@ -58,10 +63,13 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--sample-rate", type=int, default=44100)
     parser.add_argument("--num-channels", type=int, default=2, help="1: mono model, 2: stereo")
-    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--workers", type=int, nargs="+", help="default: 1 2 on CPU, 1 on GPU")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--workdir", default=None, help="default: a temporary folder")
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda: the loop and each actor")
     args = parser.parse_args()
+    gpu = args.device.startswith("cuda")
+    workers_list = args.workers or ([1] if gpu else [1, 2])
     allocator.tune()  # the job's actors get the same heap settings
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
@@ -77,35 +85,39 @@ def main() -> None:
         print(
             f"{config.model_type} ({config.num_channels} ch, {config.sample_rate} Hz), "
             f"{args.tracks} tracks x {args.seconds:g} s stereo, {os.cpu_count()} CPUs"
+            + (f", {torch.cuda.get_device_name()}" if gpu else "")
         )
         runtime.connect()  # start Ray first: its start-up is not the job's
 
         torch.set_num_threads(os.cpu_count() or 1)
-        model = SpectrogramMaskModel.from_checkpoint(model_dir, device="cpu")
+        model = SpectrogramMaskModel.from_checkpoint(model_dir, device=args.device)
         before = bare_loop(model, urls, 200, args.batch_size)
         rows = []
-        for workers in args.workers:
+        for workers in workers_list:
             job = SeparateConfig(
                 model=model_dir,
                 audio=storage.join(work, "in"),
                 save=storage.join(work, f"out{workers}"),
                 workers=workers,
+                gpus_per_worker=1.0 if gpu else None,
                 batch_size=args.batch_size,
                 overwrite=True,
             )
-            summary = run_separation(job, echo=lambda line: None)
+            with UtilizationSampler(args.device) as utilization:
+                summary = run_separation(job, echo=lambda line: None)
             assert summary.ok == args.tracks, summary.describe()
             busy = sum(r.seconds for r in summary.results) / workers
-            rows.append((workers, audio_s / summary.wall_seconds, audio_s / busy))
+            rows.append((workers, audio_s / summary.wall_seconds, audio_s / busy, utilization))
         after = bare_loop(model, urls, 200, args.batch_size)
         loop = (before + after) / 2
         print(f"{'':<22}{'audio s/s':>10}{'vs loop':>9}{'in workers':>12}{'vs loop':>9}")
         spread = f"   (before the jobs {before:.2f}, after {after:.2f})"
         print(f"{'separate() loop':<22}{loop:>10.2f}{1.0:>9.2f}{spread}")
-        for workers, whole, warm in rows:
+        for workers, whole, warm, utilization in rows:
+            per_gpu = f"   {whole / workers:.0f}x real time per GPU" if gpu else ""
             print(
                 f"{f'job, {workers} actor(s)':<22}{whole:>10.2f}{whole / loop:>9.2f}"
-                f"{warm:>12.2f}{warm / loop:>9.2f}"
+                f"{warm:>12.2f}{warm / loop:>9.2f}{per_gpu}{utilization.describe()}"
             )
 
 

@@ -6,8 +6,8 @@ thread, the way a single-process trainer would; the Ray run is `run_training` wi
 its data decoded by Ray Data. Both run with the same heap settings (`allocator`: this
 process tuned on its main thread, Ray's workers from exec on), and both are timed over epochs
 2 onwards (the first warms up). Prints both rates, their ratio and the share of step time each
-spent waiting for data. Floors on a 2-core CPU machine: Ray Train with one worker >= 85% of the
-plain loop, data wait < 10%.
+spent waiting for data, and on a GPU its mean utilisation (`gpu_utilization`). Floors on a
+2-core CPU machine: Ray Train with one worker >= 85% of the plain loop, data wait < 10%.
 
     python -m bench.train_throughput [--epochs 4] [--samples 64] [--device cpu|cuda] [--amp]
     python -m bench.train_throughput --plain-only --device cuda --amp   # a GPU without Ray
@@ -33,6 +33,7 @@ from auralflow_dist.data.chunks import ChunkDrawer
 from auralflow_dist.data.decode import DecodeSettings, decode_chunk
 from auralflow_dist.data.generate import write_dataset
 from auralflow_dist.models.mask_model import SpectrogramMaskModel
+from bench.gpu_utilization import UtilizationSampler
 
 
 def _batches(table, model: ModelConfig, trainer: TrainerConfig, epoch: int):
@@ -138,7 +139,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as root:
         write_dataset(root, tracks=6, seconds=20.0, seed=0)
         table = manifest.scan(root).table
-        plain = plain_loop(table, model, trainer, args.device)
+        with UtilizationSampler(args.device) as plain_gpu:
+            plain = plain_loop(table, model, trainer, args.device)
         name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
         print(
             f"device {name}, {'AMP' if args.amp else 'fp32'}, {model.model_type} stereo, "
@@ -146,14 +148,15 @@ def main() -> None:
         )
         print(
             f"plain loop:  {plain['samples_per_s']:8.2f} samples/s, "
-            f"data wait {100 * plain['data_wait_share']:.1f}%"
+            f"data wait {100 * plain['data_wait_share']:.1f}%{plain_gpu.describe()}"
         )
         if args.plain_only:
             return
-        ray_run = ray_train(table, model, trainer)
+        with UtilizationSampler(args.device) as ray_gpu:
+            ray_run = ray_train(table, model, trainer)
     print(
         f"Ray Train:   {ray_run['samples_per_s']:8.2f} samples/s, "
-        f"data wait {100 * ray_run['data_wait_share']:.1f}%"
+        f"data wait {100 * ray_run['data_wait_share']:.1f}%{ray_gpu.describe()}"
     )
     print(
         f"ratio Ray Train / plain: {ray_run['samples_per_s'] / plain['samples_per_s']:.2f} "

@@ -6,22 +6,24 @@
 # the set is about 46 MiB.
 #
 #   bench/offline_wheels.sh [DIR]          # default DIR: .whl (git-ignored)
+#   PYTHON_VERSION=3.11 bench/offline_wheels.sh DIR   # wheels for another Python (to try them here)
 #   # there:  python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl
 #   #         PYTHONPATH=/tmp/site:. python3 -m bench.train_throughput --device cuda --amp
 set -euo pipefail
 dir=${1:-.whl}
+py=${PYTHON_VERSION:-3.12}
 mkdir -p "$dir"
 platforms=()
 for p in manylinux_2_28_x86_64 manylinux_2_27_x86_64 manylinux_2_17_x86_64 manylinux2014_x86_64; do
   platforms+=(--platform "$p")
 done
-python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
+python3 -m pip download -q --no-deps --only-binary=:all: --python-version "$py" \
   --implementation cp "${platforms[@]}" -d "$dir" \
   "ray==2.60.*" jsonschema jsonschema-specifications referencing rpds-py tensorboardX \
   "pydantic>=2.5,<3" annotated-types typing-inspection typing-extensions soundfile cffi pycparser
 # pydantic pins its core exactly: fetch the one it names.
 core=$(unzip -p "$dir"/pydantic-2*.whl '*/METADATA' | sed -n 's/^Requires-Dist: pydantic-core==//p')
-python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
+python3 -m pip download -q --no-deps --only-binary=:all: --python-version "$py" \
   --implementation cp "${platforms[@]}" -d "$dir" "pydantic-core==$core"
 
 python3 - "$dir" <<'EOF'

@@ -1,3 +1,5 @@
+import threading
+
 import numpy as np
 import pytest
 import torch
@@ -120,6 +122,28 @@ def test_separate_is_deterministic_and_overlap_add_has_no_seams():
     m.model = net
     a, b = m.separate(audio), m.separate(audio)
     assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("model_type", ["SpectrogramNetSimple", "SpectrogramNetVAE"])
+def test_threads_sharing_one_model_separate_as_if_alone(model_type):
+    """A separation actor runs several files on one model at once: no call may see another's."""
+    m = SpectrogramMaskModel(small(model_type), device="cpu")
+    inputs = [torch.randn(2, 20_000 + 3_001 * i) * 0.1 for i in range(4)]
+    alone = [m.separate(x, batch_size=1) for x in inputs]
+    together: list[torch.Tensor | None] = [None] * len(inputs)
+    start = threading.Barrier(len(inputs))
+
+    def work(i: int) -> None:
+        start.wait()
+        together[i] = m.separate(inputs[i], batch_size=1)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(inputs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for a, b in zip(alone, together, strict=True):
+        assert b is not None and torch.allclose(a, b, atol=1e-6)
 
 
 def test_separate_integer_pcm_duration_and_resampling():

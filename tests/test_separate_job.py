@@ -28,7 +28,7 @@ from auralflow_dist.models import registry
 from auralflow_dist.models.mask_model import SpectrogramMaskModel
 from auralflow_dist.observability import REGISTRY
 from auralflow_dist.separate import SeparateConfig, SeparationSummary, run_separation
-from auralflow_dist.separate.job import CRASH_ONCE_ENV
+from auralflow_dist.separate.job import CRASH_ONCE_ENV, _files_at_once
 from auralflow_dist.separate.sources import Source, list_sources, track_names
 from auralflow_dist.separate.stream import StreamingSeparation, StreamResampler
 from auralflow_dist.separate.track import TrackSeparator
@@ -125,6 +125,21 @@ def test_stream_output_rate() -> None:
 
 # ------------------------------------------------------------------------------------------------
 # Inputs and outputs
+
+
+@pytest.mark.parametrize(
+    ("files", "workers", "gpus", "cpus", "at_once"),
+    [
+        (12, 2, 0.0, 4.0, 4),  # CPU, files for every CPU: one file per CPU, a thread each
+        (7, 2, 0.0, 4.0, 1),  # fewer files than CPUs: each file gets all of an actor's threads
+        (100, 1, 1.0, 4.0, 1),  # a GPU is not shared between files
+        (100, 3, 0.0, 1.5, 1),  # one whole CPU
+    ],
+)
+def test_actors_separate_a_file_per_cpu_when_there_are_files_enough(
+    files: int, workers: int, gpus: float, cpus: float, at_once: int
+) -> None:
+    assert _files_at_once(files, workers, gpus, cpus) == at_once
 
 
 def test_track_names_follow_the_seeds_and_never_collide() -> None:

@@ -188,6 +188,23 @@ class SpectrogramMaskModel:
         self.estimate_spec = self.mask * mix_mag
         self.estimate_audio = None
 
+    def estimate_windows(self, windows: torch.Tensor, batch_size: int) -> torch.Tensor:
+        """Target audio of ``windows`` (count, channels, samples), ``batch_size`` at a time.
+
+        Unlike ``set_data``/``forward``, nothing is kept on the model, so threads sharing one
+        model (a separation actor working on several files) can call this at once.
+        """
+        self.eval()
+        out = []
+        with torch.inference_mode():
+            for batch in windows.split(batch_size):
+                x = to_float_audio(batch).to(self.device, non_blocking=True)
+                spec = self.stft(x)
+                with self.autocast():
+                    mask = self.model(spec.abs())
+                out.append(self.stft.inverse(spec * mask.float(), length=x.shape[-1]))
+        return torch.cat(out)
+
     @property
     def _is_vae(self) -> bool:
         return self.config.model_type == "SpectrogramNetVAE"
@@ -316,14 +333,8 @@ class SpectrogramMaskModel:
 
     def _separate_windows(self, audio: torch.Tensor, window: int, padding: int, batch_size: int):
         frames, _ = frame_signal(audio, window, window - padding)
-        self.eval()
-        estimates = []
-        with torch.inference_mode():
-            for batch in frames.split(batch_size):
-                self.set_data(batch)
-                self.forward()
-                estimates.append(self.estimate())
-        return overlap_add(torch.cat(estimates), window - padding, audio.shape[-1])
+        estimates = self.estimate_windows(frames, batch_size)
+        return overlap_add(estimates, window - padding, audio.shape[-1])
 
     # -- checkpoints ---------------------------------------------------------------------------
 

@@ -151,25 +151,18 @@ def window_estimator(model: SpectrogramMaskModel, batch_size: int) -> Estimator:
     Windows of all channel groups share batches.
     """
     want = model.config.num_channels
-
-    def run(windows: torch.Tensor) -> torch.Tensor:
-        out = []
-        with torch.inference_mode():
-            for batch in windows.split(batch_size):
-                model.set_data(batch)
-                model.forward()
-                out.append(model.estimate())
-        return torch.cat(out)
+    run = model.estimate_windows
 
     def estimate(frames: torch.Tensor) -> torch.Tensor:
         count, channels, window = frames.shape
-        model.eval()
         if want == 1:
-            return run(frames.reshape(count * channels, 1, window)).reshape(frames.shape)
+            return run(frames.reshape(count * channels, 1, window), batch_size).reshape(
+                frames.shape
+            )
         if channels == 2:
-            return run(frames)
+            return run(frames, batch_size)
         stereo = frames.reshape(count * channels, 1, window).expand(-1, 2, -1)
-        return run(stereo).mean(dim=1).reshape(frames.shape)
+        return run(stereo, batch_size).mean(dim=1).reshape(frames.shape)
 
     return estimate
 

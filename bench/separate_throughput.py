@@ -2,8 +2,8 @@
 
 Generates a folder of tracks, then measures in one run: a plain loop (read the whole file,
 ``separate()`` it, all CPU threads) and the whole Ray job (listing, actor start-up, streaming
-reads, separation, encoding, writing, the results table) with 1 and 2 actors, each actor's CPU
-share given to torch. Prints audio seconds per wall-clock second and the job / loop ratio; the
+reads, separation, encoding, writing, the results table) with 1 and 2 actors sharing out the
+CPUs as the job does (on CPU a file per CPU side by side, a torch thread each). Prints audio seconds per wall-clock second and the job / loop ratio; the
 "in workers" column leaves out the fixed start-up (actor processes importing torch, loading
 the model), which a long job amortises. The loop runs with the same heap settings as the
 job's actors (`allocator`), once before the jobs and once after: the ratios are against the
@@ -106,7 +106,7 @@ def main() -> None:
             with UtilizationSampler(args.device) as utilization:
                 summary = run_separation(job, echo=lambda line: None)
             assert summary.ok == args.tracks, summary.describe()
-            busy = sum(r.seconds for r in summary.results) / workers
+            busy = sum(r.seconds for r in summary.results) / summary.concurrent_files
             rows.append((workers, audio_s / summary.wall_seconds, audio_s / busy, utilization))
         after = bare_loop(model, urls, 200, args.batch_size)
         loop = (before + after) / 2

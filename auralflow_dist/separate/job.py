@@ -276,4 +276,5 @@ def run_separation(job: SeparateConfig, echo: Callable[[str], None] = print) -> 
         results_csv_url=csv_url,
         duration=job.duration,
         results=rows_out,
+        concurrent_files=workers * at_once,
     )

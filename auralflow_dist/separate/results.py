@@ -92,6 +92,7 @@ class SeparationSummary:
     results_csv_url: str
     duration: float | None  # --duration: every file was cut to this many seconds
     results: list[FileResult]
+    concurrent_files: int = 1  # files the pool separated side by side (actors x files at once)
 
     @property
     def realtime_factor(self) -> float:

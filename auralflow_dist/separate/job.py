@@ -134,8 +134,8 @@ def _resources(
 def _files_at_once(files: int, workers: int, gpus: float, cpus: float) -> int:
     """How many files each actor separates side by side, each on ``cpus / result`` threads.
 
-    On CPU, files side by side on a thread each beat one file on every thread (1.33-1.38x with
-    2 CPUs on the 2-core machine: the network's convolutions scale poorly over torch's
+    On CPU, files side by side on a thread each beat one file on every thread (1.09-1.17x with
+    2 CPUs on a 2-core machine: the network's convolutions scale poorly over torch's
     intra-op threads), so an actor takes a file per CPU while there are files for every CPU of
     the pool. With fewer files, and on a GPU (whose memory the files would share), an actor
     separates one file at a time with all its threads.

@@ -2,12 +2,15 @@
 
 The driver lists the files, then streams them through an actor pool (each actor loads the model
 once and separates whole files with `TrackSeparator`, on CPU one per CPU side by side), and
-counts the results as they come back: progress lines, Prometheus series, and at the end the ``_results`` table.
+counts the results as they come back: progress lines, Prometheus series, and at the end the
+``_results`` table.
 
 A worker process that dies (killed, out of memory, a crash in a decoder) is restarted and its
 files are retried: Ray Data's actor pools default to ``max_restarts=-1, max_task_retries=-1``
 (Ray 2.60; passing them explicitly is deprecated). A file that has killed its worker
 `MAX_ATTEMPTS` times is reported as failed instead, so one poisonous file cannot stop the job.
+(A death counts against every file the worker had started, those beside the culprit too; a
+re-run retries them.)
 """
 
 from __future__ import annotations

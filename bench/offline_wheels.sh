@@ -3,7 +3,7 @@
 # and aiohttp but reaches no package index (the lent GPU machines: Python 3.12, x86_64), where
 # what can be carried there is capped (64 MiB). Ray's wheel is 79 MB; without its Java jar, its
 # dashboard's web client, RLlib, Serve and Ray LLM, none of which training or separation loads,
-# the set is about 46 MiB.
+# the set is about 45 MiB.
 #
 #   bench/offline_wheels.sh [DIR]          # default DIR: .whl (git-ignored)
 #   PYTHON_VERSION=3.11 bench/offline_wheels.sh DIR   # wheels for another Python (to try them here)

@@ -3,12 +3,13 @@
 Generates a folder of tracks, then measures in one run: a plain loop (read the whole file,
 ``separate()`` it, all CPU threads) and the whole Ray job (listing, actor start-up, streaming
 reads, separation, encoding, writing, the results table) with 1 and 2 actors sharing out the
-CPUs as the job does (on CPU a file per CPU side by side, a torch thread each). Prints audio seconds per wall-clock second and the job / loop ratio; the
-"in workers" column leaves out the fixed start-up (actor processes importing torch, loading
-the model), which a long job amortises. The loop runs with the same heap settings as the
-job's actors (`allocator`), once before the jobs and once after: the ratios are against the
-mean of the two, so a machine that slows down or speeds up during the run shows as a spread
-between them rather than as a skewed ratio.
+CPUs as the job does (on CPU a file per CPU side by side, a torch thread each). Prints audio
+seconds per wall-clock second and the job / loop ratio; the "in workers" column leaves out the
+fixed start-up (actor processes importing torch, loading the model), which a long job
+amortises. The loop runs with the same heap settings as the job's actors (`allocator`), once
+before the jobs and once after: the ratios are against the mean of the two, so a machine that
+slows down or speeds up during the run shows as a spread between them rather than as a skewed
+ratio.
 
     python -m bench.separate_throughput [--tracks 32] [--seconds 30] [--workers 1 2]
     python -m bench.separate_throughput --device cuda --batch-size 32   # one actor per GPU

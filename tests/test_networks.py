@@ -6,6 +6,10 @@ but the parameter-count test use tiny widths so the file runs in seconds on a CP
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 from torch import nn
@@ -184,6 +188,25 @@ def test_cpu_bfloat16_autocast(name, training):
             mask.float().mean().backward()
     assert mask.shape == (2, 1, 33, 9)
     assert torch.isfinite(mask).all()
+
+
+def test_cpu_bfloat16_autocast_on_an_avx2_only_cpu():
+    """The bf16 cases again with oneDNN held to AVX2, as on a CPU without AVX-512.
+
+    oneDNN reads ``ONEDNN_MAX_CPU_ISA`` once, at start, so the cases run in a fresh process;
+    on an AVX2-only CPU the variable changes nothing and the same cases run as they are.
+    """
+    env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2"}
+    args = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", "bfloat16"]
+    done = subprocess.run(
+        [*args, f"{__file__}::test_cpu_bfloat16_autocast"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    assert f"{2 * len(NETS)} passed" in done.stdout
 
 
 def test_vae_exposes_its_latent():

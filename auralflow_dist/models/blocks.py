@@ -26,6 +26,20 @@ def check_spectrogram(x: torch.Tensor, num_channels: int, num_fft_bins: int) -> 
         )
 
 
+def run_recurrent(lstm: nn.LSTM, seq: torch.Tensor) -> torch.Tensor:
+    """The LSTM's output sequence; on the CPU always computed in float32.
+
+    CPU autocast runs LSTMs in bf16, which oneDNN implements only on CPUs with AVX-512: an
+    AVX2-only CPU (AMD EPYC before Zen 4, many Intel desktops) raises "could not create a
+    primitive descriptor for the LSTM forward propagation primitive". Float32 behaves the same on
+    every x86-64 CPU; the convolutions around it keep autocast's bf16. CUDA keeps autocast's choice.
+    """
+    if seq.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+        with torch.autocast("cpu", enabled=False):
+            return lstm(seq.float())[0]
+    return lstm(seq)[0]
+
+
 def activation(leak_factor: float) -> nn.Module:
     """SELU keeps activations self-normalising; a positive leak asks for LeakyReLU instead."""
     return nn.LeakyReLU(leak_factor) if leak_factor > 0 else nn.SELU()

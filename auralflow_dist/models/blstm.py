@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from auralflow_dist.models.blocks import check_spectrogram, mask_activation
+from auralflow_dist.models.blocks import check_spectrogram, mask_activation, run_recurrent
 
 POWER_FLOOR = 1e-8  # -80 dB: silence (and zero padding) maps to a finite value
 
@@ -60,5 +60,5 @@ class MaskInference(nn.Module):
         batch, channels, bins, frames = x.shape
         decibels = 10 * torch.log10(x.float().square() + POWER_FLOOR)
         frames_first = self.norm(decibels.reshape(batch, channels * bins, frames)).transpose(1, 2)
-        mask = self.mask_act(self.project(self.lstm(frames_first)[0]))
+        mask = self.mask_act(self.project(run_recurrent(self.lstm, frames_first)))
         return mask.transpose(1, 2).reshape(batch, channels, bins, frames)

@@ -20,6 +20,7 @@ from auralflow_dist.models.blocks import (
     check_spectrogram,
     mask_activation,
     pad_to_multiple,
+    run_recurrent,
 )
 
 DEPTH = 5
@@ -150,7 +151,7 @@ class RecurrentBottleneck(nn.Module):
             mu, log_var = self.mu(seq), self.log_var(seq)
             # Sample only while training: inference decodes the mean, so it is deterministic.
             seq = mu + torch.exp(0.5 * log_var) * torch.randn_like(mu) if self.training else mu
-        out = self.project(self.lstm(seq)[0])
+        out = self.project(run_recurrent(self.lstm, seq))
         out = out.reshape(batch, frames, bins, -1).permute(0, 3, 2, 1)
         return out, mu, log_var
 

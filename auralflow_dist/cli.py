@@ -3,55 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 from collections.abc import Callable, Sequence
 
 from auralflow_dist import config as cfg
 from auralflow_dist import flags
 from auralflow_dist.errors import AuralflowError, ConfigError
-
-MODEL_HELP = {
-    "num_channels": "1 for mono, 2 for stereo",
-    "hidden_channels": "initial number of convolution filters",
-    "sample_length": "seconds per training chunk / separation window",
-    "dropout_p": "dropout probability",
-    "leak_factor": "negative slope when --mask-act-fn leaky_relu",
-    "normalize_input": "learn per-bin input centering/scaling",
-    "normalize_output": "learn per-bin output centering/scaling",
-    "mask_act_fn": "mask activation: " + " | ".join(cfg.MASK_ACTIVATIONS),
-    "num_fft": "FFT size",
-    "window_size": "STFT window length",
-    "hop_length": "STFT hop length",
-    "recurrent_depth": "number of LSTM layers",
-    "hidden_size": "LSTM hidden size",
-    "input_axis": "LSTM recurs over 1: time, 0: frequency",
-}
-
-
-TRAIN_HELP = {
-    "max_tracks": "max number of training tracks drawn from",
-    "max_samples": "chunks per epoch",
-    "batch_size": "batch size per worker",
-    "num_workers": "concurrent decoding tasks of the Ray Data ingest",
-    "persistent_workers": "keep decoded validation chunks materialised across epochs",
-    "pin_memory": "pin host batches for faster GPU copies",
-    "pre_fetch": "batches prefetched per worker",
-    "lr": "learning rate",
-    "criterion": "loss: " + " | ".join(cfg.CRITERIA),
-    "use_amp": "mixed precision (bf16 where supported, else fp16 with a grad scaler)",
-    "clip_grad": "clip the gradient norm at --max-grad-norm",
-    "scale_grad": "use a gradient scaler (implied by fp16 AMP)",
-    "stop_patience": "epochs without improvement before the LR drops (a plateau)",
-    "max_plateaus": "plateaus before training stops",
-    "min_delta": "validation-loss improvement that counts",
-    "lr_lstm": "learning rate of LSTM bottleneck parameters",
-    "image_freq": "epochs between spectrogram/waveform images",
-    "silent": "suppress the per-epoch progress line",
-    "storage": "where checkpoints go (default: the session folder)",
-    "max_failures": "worker/node failures to recover from before giving up",
-    "gpus_per_worker": "GPUs per training worker (0: CPU with gloo)",
-}
 
 
 def _cmd_config(args: argparse.Namespace) -> None:
@@ -63,7 +20,6 @@ def _cmd_config(args: argparse.Namespace) -> None:
         raise ConfigError("target", "choose one target")
     if chosen:
         values["target"] = chosen[0]
-    values["model_type"] = args.model_type
     model_config = cfg.from_dict(cfg.ModelConfig, values)
     path = write_model_config(args.save, model_config, overwrite=args.overwrite)
     print(f"wrote {path}")
@@ -76,23 +32,12 @@ def _cmd_config(args: argparse.Namespace) -> None:
         print(f"{model_config.model_type}: {params:,} parameters ({params / 1e6:.1f}M)")
 
 
-def _parse_workers(text: str) -> tuple[int, int]:
-    """``N`` or ``MIN:MAX`` (elastic)."""
-    try:
-        low, _, high = text.partition(":")
-        return int(low), int(high or low)
-    except ValueError:
-        raise ConfigError("workers", f"expected N or MIN:MAX, got {text!r}") from None
-
-
 def _trainer_config(args: argparse.Namespace) -> cfg.TrainerConfig:
     """The session's trainer.json (if any), else the defaults; the flags given override either."""
     from auralflow_dist.session import read_trainer_config
 
     base = read_trainer_config(args.session)
-    values = {**(dataclasses.asdict(base) if base else {}), **flags.given(args, cfg.TrainerConfig)}
-    if args.workers is not None:
-        values["workers_min"], values["workers_max"] = _parse_workers(args.workers)
+    values = {**(cfg.to_dict(base) if base else {}), **flags.given(args, cfg.TrainerConfig)}
     return cfg.from_dict(cfg.TrainerConfig, values)
 
 
@@ -105,7 +50,8 @@ def _cmd_train(args: argparse.Namespace) -> None:
     trainer_config = _trainer_config(args)
     if args.display:
         print(cfg.to_json(trainer_config), end="")
-    connect(args.address, trainer_config.workers_max * trainer_config.cpus_per_worker)
+    cluster = trainer_config.cluster
+    connect(args.address, cluster.workers_max * cluster.cpus_per_worker)
     result = train(
         args.session,
         args.dataset,
@@ -132,23 +78,11 @@ def _cmd_prepare(args: argparse.Namespace) -> None:
 
 
 def _cmd_test(args: argparse.Namespace) -> None:
-    from auralflow_dist.evaluate import EvalConfig, evaluate
+    from auralflow_dist.evaluate import evaluate
     from auralflow_dist.runtime import connect
 
-    if args.workers < 1:
-        raise ConfigError("workers", "must be at least 1")
-    config = EvalConfig(
-        session=args.session,
-        dataset=args.dataset,
-        save=args.save,
-        workers=args.workers,
-        gpus_per_worker=args.gpus_per_worker,
-        bsseval=args.bsseval,
-        padding=args.padding,
-        batch_size=args.batch_size,
-        max_tracks=args.max_tracks,
-    )
-    connect(args.address, args.workers)
+    config = cfg.from_dict(cfg.EvalConfig, flags.given(args, cfg.EvalConfig))
+    connect(args.address, config.workers)
     url, rows = evaluate(config)
     median = next(r for r in rows if r["track"] == "median")
     print(
@@ -165,9 +99,9 @@ def _cmd_separate(args: argparse.Namespace) -> None:
 
 
 def _cmd_tune(args: argparse.Namespace) -> None:
-    from auralflow_dist.tune import SweepConfig, run_sweep
+    from auralflow_dist.tune import run_sweep
 
-    sweep = SweepConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(SweepConfig)})
+    sweep = cfg.from_dict(cfg.SweepConfig, flags.given(args, cfg.SweepConfig))
     print(run_sweep(sweep).text())
 
 
@@ -190,7 +124,7 @@ def _cmd_make_dataset(args: argparse.Namespace) -> None:
 
 
 def _cmd_download(args: argparse.Namespace) -> None:
-    from auralflow_dist.models.registry import download
+    from auralflow_dist.session import download
 
     print(f"downloaded to {download(args.url, args.save, sha256=args.sha256)}")
 
@@ -211,7 +145,6 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "config", help="write a model configuration (model.json) to a session folder"
     )
-    p.add_argument("model_type", choices=cfg.MODEL_TYPES)
     p.add_argument("--save", default="my_model", help="session folder (local path or URL)")
     p.add_argument("--display", action="store_true", help="print the config and parameter count")
     p.add_argument(
@@ -223,13 +156,7 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument(
             f"--{target}", dest=f"target_{target}", action="store_true", help=f"isolate {target}"
         )
-    flags.add_dataclass_flags(
-        p,
-        cfg.ModelConfig,
-        skip=("model_type",),
-        help_text=MODEL_HELP,
-        aliases={"hidden_channels": ["num_hidden_channels"]},
-    )
+    flags.add_dataclass_flags(p, cfg.ModelConfig)
     p.set_defaults(func=_cmd_config)
 
     p = sub.add_parser("prepare", help="scan a dataset and write its parquet manifest")
@@ -246,11 +173,6 @@ def _parser() -> argparse.ArgumentParser:
         "--resume", action="store_true", help="continue from the latest checkpoint, if one exists"
     )
     p.add_argument("--display", action="store_true", help="print the trainer config")
-    p.add_argument(
-        "--workers",
-        default=None,
-        help="training workers: N, or MIN:MAX to train elastically (default: 1)",
-    )
     p.add_argument("--address", default=None, help="Ray cluster address (default: local Ray)")
     p.add_argument(
         "--metrics-port",
@@ -261,152 +183,17 @@ def _parser() -> argparse.ArgumentParser:
         help="serve per-epoch Prometheus metrics on this port",
     )
     p.add_argument("--pushgateway", default=None, help="push per-epoch metrics to this gateway")
-    flags.add_dataclass_flags(
-        p,
-        cfg.TrainerConfig,
-        skip=("workers_min", "workers_max"),
-        help_text=TRAIN_HELP,
-        aliases={"view_wav": ["view_wave"]},
-    )
+    flags.add_dataclass_flags(p, cfg.TrainerConfig)
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser(
         "tune", help="sweep hyperparameters with Ray Tune, each trial a Ray Train run"
     )
-    p.add_argument(
-        "sweep_url",
-        metavar="sweep",
-        help="sweep folder (local path or URL): trials/, results.csv, best/",
-    )
-    p.add_argument(
-        "dataset_url",
-        metavar="dataset",
-        help="dataset root (MUSDB18-HQ layout) or a prepared manifest",
-    )
-    p.add_argument(
-        "--space",
-        default=None,
-        help="search space file (.json/.yaml); a resumed sweep reuses its own",
-    )
-    p.add_argument(
-        "--num-samples",
-        "--num_samples",
-        dest="num_samples",
-        type=int,
-        default=4,
-        help="samples drawn from the space; grid entries multiply them (default: 4)",
-    )
-    p.add_argument(
-        "--scheduler",
-        choices=("asha", "pbt", "fifo"),
-        default="asha",
-        help="asha: stop weak trials early; pbt: population based training; fifo: none",
-    )
-    p.add_argument(
-        "--search",
-        choices=("random", "grid", "optuna"),
-        default="random",
-        help="random sampling, grid (choices become grid axes) or optuna",
-    )
-    p.add_argument(
-        "--metric",
-        choices=("val_si_sdr", "val_si_sdri", "val_loss", "train_loss"),
-        default="val_si_sdr",
-        help="what the sweep optimises (default: val_si_sdr)",
-    )
-    p.add_argument(
-        "--mode",
-        choices=("max", "min"),
-        default=None,
-        help="default: the metric's better direction",
-    )
-    p.add_argument(
-        "--max-concurrent",
-        "--max_concurrent",
-        dest="max_concurrent",
-        type=int,
-        default=0,
-        help="trials at once (default 0: as many as the cluster fits)",
-    )
-    p.add_argument(
-        "--workers-per-trial",
-        "--workers_per_trial",
-        dest="workers_per_trial",
-        type=int,
-        default=1,
-        help="Ray Train workers per trial (default: 1)",
-    )
-    p.add_argument(
-        "--gpus-per-worker",
-        "--gpus_per_worker",
-        dest="gpus_per_worker",
-        type=float,
-        default=0.0,
-        help="GPUs per training worker (default: 0, CPU)",
-    )
-    p.add_argument(
-        "--max-epochs",
-        "--max_epochs",
-        dest="max_epochs",
-        type=int,
-        default=None,
-        help="epochs per trial (default: the base trainer.json's)",
-    )
-    p.add_argument(
-        "--grace-period",
-        "--grace_period",
-        dest="grace_period",
-        type=int,
-        default=1,
-        help="asha: epochs every trial runs before it can be stopped",
-    )
-    p.add_argument(
-        "--perturbation-interval",
-        "--perturbation_interval",
-        dest="perturbation_interval",
-        type=int,
-        default=1,
-        help="pbt: epochs between exploit/explore steps",
-    )
-    p.add_argument("--seed", type=int, default=0, help="seed of the search")
-    p.add_argument(
-        "--base",
-        default=None,
-        help="session whose model.json/trainer.json the trials start from "
-        "(default: the sweep folder's own, else the defaults)",
-    )
-    p.add_argument(
-        "--model-type",
-        "--model_type",
-        dest="model_type",
-        choices=cfg.MODEL_TYPES,
-        default=None,
-        help="override the base model's type",
-    )
-    p.add_argument(
-        "--resume",
-        action="store_true",
-        help="continue an interrupted sweep; finished trials are kept",
-    )
-    p.add_argument("--address", default=None, help="Ray cluster address (default: local Ray)")
+    flags.add_dataclass_flags(p, cfg.SweepConfig)
     p.set_defaults(func=_cmd_tune)
 
     p = sub.add_parser("test", help="separate and score the test split (writes eval.csv)")
-    p.add_argument("session", help="session folder or model directory")
-    p.add_argument("dataset", help="dataset root or prepared manifest")
-    p.add_argument("--save", default=None, help="metrics CSV URL (default: SESSION/eval.csv)")
-    p.add_argument("--workers", type=int, default=2, help="Ray actors separating tracks")
-    p.add_argument(
-        "--gpus-per-worker", "--gpus_per_worker", dest="gpus_per_worker", type=float, default=0.0
-    )
-    p.add_argument(
-        "--bsseval",
-        action="store_true",
-        help="add museval's BSSEval v4 SDR (1 s frames, median over frames)",
-    )
-    p.add_argument("--padding", type=int, default=200, help="overlap between windows (samples)")
-    p.add_argument("--batch-size", "--batch_size", dest="batch_size", type=int, default=8)
-    p.add_argument("--max-tracks", "--max_tracks", dest="max_tracks", type=int, default=None)
+    flags.add_dataclass_flags(p, cfg.EvalConfig)
     p.add_argument("--address", default=None, help="Ray cluster address (default: local Ray)")
     p.set_defaults(func=_cmd_test)
 

@@ -107,9 +107,9 @@ def run_demo(workdir: str, quick: bool = False) -> dict[str, object]:
     params = count_parameters(build_network(model_config))
     t = _step(
         f"training {model_config.model_type} ({params:,} parameters) for "
-        f"'{model_config.target}' on {trainer.workers_max} Ray Train workers"
+        f"'{model_config.target}' on {trainer.cluster.workers_max} Ray Train workers"
     )
-    connect(None, trainer.workers_max * trainer.cpus_per_worker)
+    connect(None, trainer.cluster.workers_max * trainer.cluster.cpus_per_worker)
     result = train(session, manifest_url, model_config, trainer)
     train_seconds = time.perf_counter() - t
 

@@ -1,9 +1,10 @@
 """``auralflow test``: separate every test-split track whole and score it (``eval.csv``).
 
-Tracks are spread over a pool of Ray actors, each loading the model once. A track is separated
-whole through the model's windowed path (network-sized windows, overlap-add), so memory holds the
-track's waveforms but never its full spectrogram. Scores per track, for the target and for the
-residual (mixture minus estimate, against the sum of the other stems):
+Tracks are spread over a Ray Data actor pool, as separation spreads its files, each actor loading
+the model once. A track is separated whole through the model's windowed path (network-sized
+windows, overlap-add), so memory holds the track's waveforms but never its full spectrogram.
+Scores per track, for the target and for the residual (mixture minus estimate, against the sum
+of the other stems):
 
 - ``si_sdr``, ``si_snr``: scale-invariant, per channel then averaged;
 - ``sdr``: plain energy-ratio SDR over all channels and the whole track;
@@ -16,44 +17,24 @@ Median and mean rows follow the tracks (SiSEC reports medians).
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
-import math
+import json
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import ray
 import torch
-from ray.util import ActorPool
 
-from auralflow_dist import allocator, storage, visualize
+from auralflow_dist import allocator, storage, tables, visualize
+from auralflow_dist.config import EvalConfig
 from auralflow_dist.data import manifest
 from auralflow_dist.data.decode import read_source
 from auralflow_dist.errors import AuralflowError
 from auralflow_dist.metrics import bsseval_sdr, sdr, si_sdr, si_snr
-from auralflow_dist.models.mask_model import SpectrogramMaskModel
+from auralflow_dist.models.separator import Separator
 
 METRICS = ("si_sdr", "si_snr", "sdr", "si_sdri")
-
-
-@dataclass
-class EvalConfig:
-    session: str
-    dataset: str
-    save: str | None = None
-    workers: int = 2
-    gpus_per_worker: float = 0.0
-    bsseval: bool = False
-    padding: int = 200
-    batch_size: int = 8
-    max_tracks: int | None = None
-
-    @property
-    def csv_url(self) -> str:
-        return self.save or storage.join(self.session, "eval.csv")
 
 
 def _full(track: manifest.Track, name: str) -> np.ndarray:
@@ -62,7 +43,7 @@ def _full(track: manifest.Track, name: str) -> np.ndarray:
 
 
 def score_track(
-    model: SpectrogramMaskModel, track: manifest.Track, bsseval: bool, padding: int, batch_size: int
+    model: Separator, track: manifest.Track, bsseval: bool, padding: int, batch_size: int
 ) -> dict[str, Any]:
     """Separate ``track`` whole and score target and residual."""
     target_name = model.config.target
@@ -100,20 +81,34 @@ def score_track(
     return row
 
 
-@ray.remote
-class _TrackScorer:
-    def __init__(self, model_url: str, s3: storage.S3Settings) -> None:
+class TrackScorer:
+    """A Ray Data pool actor: loads the model once, then scores each track it is handed."""
+
+    def __init__(
+        self,
+        model_url: str,
+        s3: storage.S3Settings,
+        bsseval: bool,
+        padding: int,
+        batch_size: int,
+    ) -> None:
         storage.configure(s3)
         device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.model = SpectrogramMaskModel.from_checkpoint(model_url, device=device)
+        self.model = Separator.from_checkpoint(model_url, device=device)
+        self.bsseval = bsseval
+        self.padding, self.batch_size = padding, batch_size
 
-    def score(
-        self, track: manifest.Track, bsseval: bool, padding: int, batch_size: int
-    ) -> dict[str, Any]:
-        try:
-            return score_track(self.model, track, bsseval, padding, batch_size)
-        except AuralflowError as err:
-            return {"track": track.name, "error": str(err)}
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list[str]]:
+        """Rows as JSON: an error row has other columns than a scored one."""
+        rows = []
+        for text in batch["track"]:
+            track = manifest.Track(**json.loads(text))
+            try:
+                row = score_track(self.model, track, self.bsseval, self.padding, self.batch_size)
+            except AuralflowError as err:
+                row = {"track": track.name, "error": str(err)}
+            rows.append(json.dumps(row))
+        return {"row": rows}
 
 
 def _summary_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -125,53 +120,50 @@ def _summary_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def _write_csv(url: str, rows: list[dict[str, Any]]) -> None:
-    keys = list(dict.fromkeys(k for r in rows for k in r))
-    text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=keys)
-    writer.writeheader()
-    for row in rows:
-        writer.writerow(
-            {
-                k: (f"{v:.4f}" if isinstance(v, float) and math.isfinite(v) else v)
-                for k, v in row.items()
-            }
-        )
-    storage.write_bytes(url, text.getvalue().encode())
-
-
 def evaluate(config: EvalConfig) -> tuple[str, list[dict[str, Any]]]:
     """Score every test track; returns the CSV URL and the rows (tracks, then median and mean)."""
-    from auralflow_dist.train.trainer import load_manifest
-
     # The scoring actors' working directory is not this process's.
     config = dataclasses.replace(
         config, session=storage.absolute(config.session), dataset=storage.absolute(config.dataset)
     )
-    tracks = manifest.tracks(load_manifest(config.dataset), "test")[: config.max_tracks]
+    tracks = manifest.tracks(manifest.load_manifest(config.dataset), "test")[: config.max_tracks]
     if not tracks:
         raise AuralflowError(f"{config.dataset}: no test tracks to evaluate")
-    SpectrogramMaskModel.from_checkpoint(config.session, device="cpu")  # fail fast, clearly
-    actor = _TrackScorer.options(
-        num_gpus=config.gpus_per_worker, num_cpus=1, runtime_env=allocator.worker_runtime_env()
+    Separator.from_checkpoint(config.session, device="cpu")  # fail fast, clearly
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False
+    context.print_on_execution_start = False
+    # One track per block and per call, one call at a time per actor: tracks are long units of
+    # work, so none waits behind a busy actor while another is idle.
+    # Tracks travel in the rows: constructor arguments would go through the object store.
+    items = [{"track": json.dumps(dataclasses.asdict(t))} for t in tracks]
+    dataset = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
+        TrackScorer,
+        batch_size=1,
+        compute=ray.data.ActorPoolStrategy(
+            size=max(1, min(config.workers, len(tracks))), max_tasks_in_flight_per_actor=1
+        ),
+        num_cpus=1,
+        num_gpus=config.gpus_per_worker,
+        runtime_env=allocator.worker_runtime_env(),
+        fn_constructor_kwargs={
+            "model_url": config.session,
+            "s3": storage.current_settings(),
+            "bsseval": config.bsseval,
+            "padding": config.padding,
+            "batch_size": config.batch_size,
+        },
     )
-    pool = ActorPool(
-        [
-            actor.remote(config.session, storage.current_settings())
-            for _ in range(max(1, min(config.workers, len(tracks))))
-        ]
-    )
-    rows = []
-    work = pool.map_unordered(
-        lambda a, t: a.score.remote(t, config.bsseval, config.padding, config.batch_size), tracks
-    )
-    for done, row in enumerate(work, 1):
-        rows.append(row)
-        status = row.get("error") or f"target SI-SDR {row['target_si_sdr']:+.2f} dB"
-        print(f"[test] {done}/{len(tracks)} {row['track']}: {status}", flush=True)
+    rows: list[dict[str, Any]] = []
+    for batch in dataset.iter_batches(batch_size=None, prefetch_batches=0):
+        for text in batch["row"]:
+            row = json.loads(text)
+            rows.append(row)
+            status = row.get("error") or f"target SI-SDR {row['target_si_sdr']:+.2f} dB"
+            print(f"[test] {len(rows)}/{len(tracks)} {row['track']}: {status}", flush=True)
     rows.sort(key=lambda r: r["track"])
     rows += _summary_rows(rows)
-    _write_csv(config.csv_url, rows)
+    tables.write_rows(config.csv_url, rows, float_format=".4f")
     _plot(config, rows)
     return config.csv_url, rows
 

@@ -13,11 +13,15 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
+from auralflow_dist.config import (
+    check_best_perm,
+    check_component_weights,
+    check_construction_loss,
+    check_reduction,
+    criterion_name,
+)
 from auralflow_dist.errors import ConfigError
 from auralflow_dist.metrics import float32_at_least, si_sdr
-
-REDUCTIONS = ("mean", "sum")
-CONSTRUCTION_LOSSES = ("l1", "l2")
 
 
 @dataclass(frozen=True)
@@ -51,10 +55,7 @@ class Criterion(nn.Module):
 
     def __init__(self, reduction: str = "mean", eps: float = 1e-8) -> None:
         super().__init__()
-        if reduction not in REDUCTIONS:
-            raise ConfigError(
-                "reduction", f"must be one of {', '.join(REDUCTIONS)}, got {reduction!r}"
-            )
+        check_reduction(reduction)
         self.reduction = reduction
         self.eps = eps
 
@@ -157,11 +158,7 @@ class KLDivLoss(Criterion):
         self, construction_loss: str = "l2", reduction: str = "mean", eps: float = 1e-8
     ) -> None:
         super().__init__(reduction, eps)
-        if construction_loss not in CONSTRUCTION_LOSSES:
-            raise ConfigError(
-                "construction_loss",
-                f"must be one of {', '.join(CONSTRUCTION_LOSSES)}, got {construction_loss!r}",
-            )
+        check_construction_loss(construction_loss)
         self.construction = (L1Loss if construction_loss == "l1" else L2Loss)(reduction, eps)
 
     def item_loss(self, inputs: LossInputs) -> Tensor:
@@ -199,17 +196,7 @@ class ComponentLoss(Criterion):
         eps: float = 1e-8,
     ) -> None:
         super().__init__(reduction, eps)
-        for field, weight in (("alpha", alpha), ("beta", beta), ("fidelity", fidelity)):
-            if weight < 0:
-                raise ConfigError(field, f"component loss weights must be >= 0, got {weight}")
-        if fidelity == 0 and not allow_no_fidelity:
-            raise ConfigError(
-                "fidelity",
-                "0 switches off the target-fidelity term of the component loss (the mask learns "
-                "only to suppress the residual); give a positive weight or allow_no_fidelity",
-            )
-        if alpha + beta + fidelity == 0:
-            raise ConfigError("alpha", "all three component loss weights are 0")
+        check_component_weights(alpha, beta, fidelity, allow_no_fidelity)
         self.alpha, self.beta, self.fidelity = alpha, beta, fidelity
 
     def _unit(self, values: Tensor) -> Tensor:
@@ -227,6 +214,7 @@ class ComponentLoss(Criterion):
         )
 
 
+# The implementations of `config.CRITERIA`, in its order (a test checks they agree).
 CRITERIA: dict[str, type[Criterion]] = {
     cls.name: cls
     for cls in (ComponentLoss, KLDivLoss, L1Loss, L2Loss, MaskLoss, SISDRLoss, RMSELoss)
@@ -249,13 +237,8 @@ def build_criterion(
     Options of other criteria are ignored except `best_perm`, which is refused outside `si_sdr`
     because it would silently do nothing.
     """
-    key = name.strip().lower().replace("-", "_")
-    if key not in CRITERIA:
-        raise ConfigError(
-            "criterion", f"unknown criterion {name!r}; choose one of: {', '.join(CRITERIA)}"
-        )
-    if best_perm and key != "si_sdr":
-        raise ConfigError("best_perm", f"applies only to the si_sdr criterion, not {key!r}")
+    key = criterion_name(name)
+    check_best_perm(best_perm, key)
     options: dict[str, dict[str, object]] = {
         "component": {
             "alpha": alpha,

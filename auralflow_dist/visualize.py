@@ -15,7 +15,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 
-def _png(fig: plt.Figure) -> bytes:
+def figure_png(fig: plt.Figure) -> bytes:
+    """The figure as PNG bytes; the figure is closed."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
     plt.close(fig)
@@ -39,7 +40,7 @@ def loss_curve(history: Sequence[Mapping[str, float]], title: str = "training") 
     ax_sdr.legend()
     ax_sdr.grid(alpha=0.3)
     fig.suptitle(title)
-    return _png(fig)
+    return figure_png(fig)
 
 
 def spectrograms(
@@ -66,7 +67,7 @@ def spectrograms(
         ax.set_ylabel("kHz" if ax is axes[0][0] else "")
     fig.colorbar(im, ax=axes[0].tolist(), label="dB")
     fig.suptitle(title)
-    return _png(fig)
+    return figure_png(fig)
 
 
 def waveforms(panels: Mapping[str, np.ndarray], sample_rate: int, title: str = "") -> bytes:
@@ -81,7 +82,7 @@ def waveforms(panels: Mapping[str, np.ndarray], sample_rate: int, title: str = "
         ax.set_ylim(-1, 1)
     axes[-1, 0].set_xlabel("time (s)")
     fig.suptitle(title)
-    return _png(fig)
+    return figure_png(fig)
 
 
 def bar_scores(
@@ -98,4 +99,4 @@ def bar_scores(
     ax.axhline(0, color="k", linewidth=0.5)
     ax.legend()
     ax.set_title(title)
-    return _png(fig)
+    return figure_png(fig)

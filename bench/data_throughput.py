@@ -27,7 +27,7 @@ import pyarrow as pa
 import soundfile as sf
 
 from auralflow_dist import allocator, runtime, storage
-from auralflow_dist.config import ModelConfig, TrainerConfig
+from auralflow_dist.config import ModelConfig, TrainerConfig, from_dict
 from auralflow_dist.data import manifest, pipeline
 from auralflow_dist.data.chunks import draw_epoch
 from auralflow_dist.data.generate import write_dataset
@@ -50,7 +50,11 @@ def best_rate(count: int, run: Callable[[], None], passes: int = 2) -> float:
 def raw_loop(tracks: list[manifest.Track], model: ModelConfig, trainer: TrainerConfig) -> float:
     """Soundfile reads of each chunk's mixture and target range, one after another."""
     specs = draw_epoch(
-        tracks, 0, trainer.seed, trainer.max_samples, model.num_samples / model.sample_rate
+        tracks,
+        0,
+        trainer.optim.seed,
+        trainer.data.max_samples,
+        model.num_samples / model.sample_rate,
     )
 
     def run() -> None:
@@ -72,10 +76,12 @@ def pipeline_rate(table: pa.Table, model: ModelConfig, trainer: TrainerConfig) -
     dataset = pipeline.build_train_dataset(table, model, trainer, 0)
 
     def run() -> None:
-        for _ in pipeline.iter_batches(dataset, trainer.batch_size, prefetch=trainer.pre_fetch):
+        for _ in pipeline.iter_batches(
+            dataset, trainer.data.batch_size, prefetch=trainer.data.pre_fetch
+        ):
             pass
 
-    return best_rate(trainer.max_samples, run)
+    return best_rate(trainer.data.max_samples, run)
 
 
 @contextlib.contextmanager
@@ -102,15 +108,12 @@ def measure(root: str, chunks: int, args: argparse.Namespace) -> dict[str, float
     write_dataset(url, tracks=args.tracks, seconds=args.seconds, seed=0, splits=("train",))
     table = manifest.scan(url, val_fraction=0).table
     model = ModelConfig(num_channels=2).validate()  # 3 s chunks, 44.1 kHz stereo
-    plain = TrainerConfig(
-        max_samples=chunks,
-        batch_size=16,
-        num_workers=args.cpus,
-        augment_gain=False,
-        augment_channel_swap=False,
-        augment_remix=False,
-    ).validate()
-    augmented = TrainerConfig(max_samples=chunks, batch_size=16, num_workers=args.cpus).validate()
+    base = {"max_samples": chunks, "batch_size": 16, "num_workers": args.cpus}
+    plain = from_dict(
+        TrainerConfig,
+        {**base, "augment_gain": False, "augment_channel_swap": False, "augment_remix": False},
+    )
+    augmented = from_dict(TrainerConfig, base)
     tracks = manifest.tracks(table, "train")
     return {
         "raw": raw_loop(tracks, model, plain),

@@ -99,14 +99,13 @@ def main() -> None:
     from auralflow_dist import audio, storage
     from auralflow_dist.config import ModelConfig
     from auralflow_dist.data.generate import synthesize_track
-    from auralflow_dist.models import registry
+    from auralflow_dist.models.registry import build_network
+    from auralflow_dist.session import save_network
 
     env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}  # glibc's defaults
     with tempfile.TemporaryDirectory(prefix="auralflow-bench-") as folder:
         config = ModelConfig(num_channels=2).validate()
-        registry.save_checkpoint(
-            os.path.join(folder, "model"), config, registry.build_network(config)
-        )
+        save_network(os.path.join(folder, "model"), config, build_network(config))
         for i in range(args.tracks):
             track = synthesize_track(i, 30.0, 44100)["mixture"]
             audio.write(storage.join(folder, f"track_{i:02d}.wav"), track, 44100)

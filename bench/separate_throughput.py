@@ -30,9 +30,10 @@ import torch
 from auralflow_dist import allocator, audio, runtime, storage
 from auralflow_dist.config import ModelConfig
 from auralflow_dist.data.generate import synthesize_track
-from auralflow_dist.models import registry
-from auralflow_dist.models.mask_model import SpectrogramMaskModel
+from auralflow_dist.models.registry import build_network
+from auralflow_dist.models.separator import Separator
 from auralflow_dist.separate import SeparateConfig, run_separation
+from auralflow_dist.session import save_network
 from bench.gpu_utilization import UtilizationSampler
 
 
@@ -45,7 +46,7 @@ def make_inputs(folder: str, tracks: int, seconds: float, rate: int) -> list[str
     return urls
 
 
-def bare_loop(model: SpectrogramMaskModel, urls: list[str], padding: int, batch_size: int) -> float:
+def bare_loop(model: Separator, urls: list[str], padding: int, batch_size: int) -> float:
     """Audio seconds per second of read + ``separate()``, one file after another."""
     x, rate = audio.read(urls[0], frames=5 * audio.info(urls[0]).sample_rate)
     model.separate(x, sample_rate=rate, padding=padding, batch_size=batch_size)  # warm-up
@@ -80,7 +81,7 @@ def main() -> None:
         config = config.validate()
         torch.manual_seed(0)
         model_dir = storage.join(work, "model")
-        registry.save_checkpoint(model_dir, config, registry.build_network(config))
+        save_network(model_dir, config, build_network(config))
         urls = make_inputs(storage.join(work, "in"), args.tracks, args.seconds, args.sample_rate)
         audio_s = args.tracks * args.seconds
         print(
@@ -91,7 +92,7 @@ def main() -> None:
         runtime.connect()  # start Ray first: its start-up is not the job's
 
         torch.set_num_threads(os.cpu_count() or 1)
-        model = SpectrogramMaskModel.from_checkpoint(model_dir, device=args.device)
+        model = Separator.from_checkpoint(model_dir, device=args.device)
         before = bare_loop(model, urls, 200, args.batch_size)
         rows = []
         for workers in workers_list:

@@ -17,7 +17,7 @@ import torch
 
 from auralflow_dist.audio.windowing import frame_signal
 from auralflow_dist.config import MODEL_TYPES, ModelConfig
-from auralflow_dist.models.mask_model import SpectrogramMaskModel, amp_dtype
+from auralflow_dist.models.separator import Separator, amp_dtype
 
 
 def _sync(device: torch.device) -> None:
@@ -41,9 +41,8 @@ def measure(
     model_type: str, seconds: float, device: torch.device, amp: bool, batch_size: int, repeats: int
 ) -> dict[str, float]:
     config = ModelConfig(model_type=model_type, num_channels=2).validate()
-    model = SpectrogramMaskModel(config, device=device)
-    model.use_amp = amp
-    model.eval()
+    model = Separator(config, device=device, use_amp=amp)
+    model.network.eval()
     audio = torch.randn(2, int(seconds * config.sample_rate)) * 0.1
     padding = 200
     window = config.num_samples
@@ -53,7 +52,7 @@ def measure(
     def forward_only() -> None:
         with torch.inference_mode(), model.autocast():
             for mag in mags:
-                model.model(mag)
+                model.network(mag)
 
     def whole_path() -> None:
         model.separate(audio, padding=padding, batch_size=batch_size)

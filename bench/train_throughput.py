@@ -38,12 +38,13 @@ from bench.gpu_utilization import UtilizationSampler
 
 def _batches(table, model: ModelConfig, trainer: TrainerConfig, epoch: int):
     settings = DecodeSettings.from_configs(model, trainer, augment=True)
-    tracks = manifest.tracks(table, "train")[: trainer.max_tracks]
+    data = trainer.data
+    tracks = manifest.tracks(table, "train")[: data.max_tracks]
     drawer = ChunkDrawer(tracks, settings.chunk_seconds)
-    for start in range(0, trainer.max_samples - trainer.batch_size + 1, trainer.batch_size):
+    for start in range(0, data.max_samples - data.batch_size + 1, data.batch_size):
         chunks = [
-            decode_chunk(drawer, drawer.draw(trainer.seed, epoch, i), settings)
-            for i in range(start, start + trainer.batch_size)
+            decode_chunk(drawer, drawer.draw(trainer.optim.seed, epoch, i), settings)
+            for i in range(start, start + data.batch_size)
         ]
         yield (
             torch.from_numpy(np.stack([c.mixture for c in chunks])),
@@ -64,8 +65,8 @@ def plain_loop(table, model: ModelConfig, trainer: TrainerConfig, device: str) -
     net = SpectrogramMaskModel(model, trainer, device=device)
     net.train()
     samples, wait, busy = 0, 0.0, 0.0
-    for epoch in range(1, trainer.max_epochs + 1):
-        ahead: queue.Queue = queue.Queue(maxsize=trainer.pre_fetch)
+    for epoch in range(1, trainer.optim.max_epochs + 1):
+        ahead: queue.Queue = queue.Queue(maxsize=trainer.data.pre_fetch)
         threading.Thread(
             target=_produce, args=(ahead, table, model, trainer, epoch), daemon=True
         ).start()
@@ -93,7 +94,7 @@ def ray_train(table, model: ModelConfig, trainer: TrainerConfig) -> dict:
     from auralflow_dist.runtime import connect
     from auralflow_dist.train.trainer import run_training
 
-    connect(None, trainer.cpus_per_worker)
+    connect(None, trainer.cluster.cpus_per_worker)
     with tempfile.TemporaryDirectory() as session:
         run_training(session, "bench", table, model, trainer)
         with open(os.path.join(session, "history.csv"), newline="") as f:

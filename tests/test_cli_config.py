@@ -4,7 +4,10 @@ import sys
 
 import pytest
 
-from auralflow_dist.cli import main
+from auralflow_dist import config as cfg
+from auralflow_dist import flags
+from auralflow_dist.cli import _parser, _trainer_config, main
+from auralflow_dist.separate import SeparateConfig, from_args
 
 
 def run(*args: str) -> int:
@@ -115,3 +118,74 @@ def test_unknown_model_type_is_rejected_by_argparse(tmp_path):
     with pytest.raises(SystemExit) as err:
         run("config", "Demucs", "--save", str(tmp_path / "x"))
     assert err.value.code == 2
+
+
+def parse(*argv: str):
+    return _parser().parse_args(list(argv))
+
+
+def test_train_flags_set_the_trainer_sections(tmp_path):
+    args = parse(
+        "train", str(tmp_path), "data", "--workers", "2:4", "--lr", "0.003", "--batch_size", "8",
+        "--view-wave", "--augment-remix", "false", "--storage", "s3://b/c",
+    )  # fmt: skip
+    trainer = _trainer_config(args)
+    assert (trainer.cluster.workers_min, trainer.cluster.workers_max) == (2, 4)
+    assert (trainer.optim.lr, trainer.data.batch_size, trainer.cluster.storage) == (
+        0.003,
+        8,
+        "s3://b/c",
+    )
+    assert trainer.logging.view_wav is True and trainer.data.augment_remix is False
+    assert cfg.replace(trainer, workers_min=2, workers_max=4, lr=0.003) == trainer
+    assert _trainer_config(parse("train", str(tmp_path), "data")) == cfg.TrainerConfig()
+
+
+def test_bad_workers_flag_names_the_flag(tmp_path, capsys):
+    assert run("config", "SpectrogramNetSimple", "--save", str(tmp_path / "s")) == 0
+    assert run("train", str(tmp_path / "s"), "data", "--workers", "4:2") == 2
+    assert "--workers: must be N or MIN:MAX" in capsys.readouterr().err
+    assert run("train", str(tmp_path / "s"), "data", "--workers", "two") == 2
+    assert "--workers: expected N or MIN:MAX" in capsys.readouterr().err
+
+
+def test_every_command_takes_its_defaults_from_the_dataclass():
+    sweep = cfg.from_dict(cfg.SweepConfig, flags.given(parse("tune", "sw", "ds"), cfg.SweepConfig))
+    assert sweep == cfg.SweepConfig("sw", "ds").validate()
+    assert (sweep.num_samples, sweep.scheduler, sweep.mode, sweep.resume) == (
+        4,
+        "asha",
+        "max",
+        False,
+    )
+    test = parse("test", "sess", "ds", "--bsseval", "--max-tracks", "3")
+    evaluation = cfg.from_dict(cfg.EvalConfig, flags.given(test, cfg.EvalConfig))
+    assert evaluation == cfg.EvalConfig("sess", "ds", bsseval=True, max_tracks=3)
+    assert (evaluation.workers, evaluation.padding, evaluation.batch_size) == (2, 200, 8)
+    separate = from_args(parse("separate", "m", "a", "--save", "out", "--residual"))
+    assert separate == SeparateConfig("m", "a", "out", residual=True)
+    assert (separate.padding, separate.batch_size, separate.block_seconds) == (200, 8, 30.0)
+
+
+@pytest.mark.parametrize(
+    ("argv", "shown"),
+    [
+        (["train"], ["--workers WORKERS", "--view-wav [BOOL], --view_wav [BOOL], --view-wave"]),
+        (["config"], ["--hidden-channels", "--num-hidden-channels", "{SpectrogramNetSimple,"]),
+        (["tune"], ["--scheduler {asha,pbt,fifo}", "(default: 4)", "sweep", "dataset"]),
+        (["test"], ["--padding PADDING", "(default: 200)", "--bsseval"]),
+        (["separate"], ["--save SAVE", "session_or_model_url", "--format {wav,flac}"]),
+    ],
+)
+def test_help_shows_the_dataclass_flags(capsys, argv, shown):
+    with pytest.raises(SystemExit):
+        run(*argv, "--help")
+    text = " ".join(capsys.readouterr().out.split())
+    for piece in shown:
+        assert piece in text
+
+
+def test_building_the_parser_does_not_import_torch():
+    code = "import sys, auralflow_dist.cli as c; c._parser(); print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 
@@ -15,27 +16,29 @@ def test_defaults_match_the_seeds():
     assert not m.normalize_input and not m.normalize_output
     assert m.num_fft_bins == 513 and m.num_frames == 259
     t = cfg.TrainerConfig().validate()
-    assert (t.max_tracks, t.max_samples, t.batch_size, t.num_workers, t.pre_fetch) == (
+    d, o = t.data, t.optim
+    assert (d.max_tracks, d.max_samples, d.batch_size, d.num_workers, d.pre_fetch) == (
         80,
         10000,
         32,
         8,
         4,
     )
-    assert (t.max_epochs, t.lr, t.criterion, t.max_grad_norm, t.stop_patience) == (
+    assert (o.max_epochs, o.lr, o.criterion, o.max_grad_norm, o.stop_patience) == (
         100,
         0.01,
         "si_sdr",
         1000,
         5,
     )
-    assert (t.construction_loss, t.lr_lstm, t.init_scale, t.max_plateaus) == (
+    assert (o.construction_loss, o.lr_lstm, o.init_scale, o.max_plateaus) == (
         "l2",
         1e-5,
         2.0**16,
         5,
     )
-    assert (t.min_delta, t.reduction, t.alpha, t.beta, t.image_freq) == (0.01, "mean", 0.2, 0.8, 5)
+    assert (o.min_delta, o.reduction, o.alpha, o.beta) == (0.01, "mean", 0.2, 0.8)
+    assert t.logging.image_freq == 5
 
 
 def test_json_round_trip():
@@ -68,8 +71,8 @@ def test_invalid_model_values_name_the_field(changes, field):
 
 
 def test_trainer_criterion_spellings_and_errors():
-    assert cfg.from_dict(cfg.TrainerConfig, {"criterion": "si-sdr"}).criterion == "si_sdr"
-    assert cfg.from_dict(cfg.TrainerConfig, {"criterion": "SI_SDR"}).criterion == "si_sdr"
+    assert cfg.from_dict(cfg.TrainerConfig, {"criterion": "si-sdr"}).optim.criterion == "si_sdr"
+    assert cfg.from_dict(cfg.TrainerConfig, {"criterion": "SI_SDR"}).optim.criterion == "si_sdr"
     with pytest.raises(ConfigError, match="criterion"):
         cfg.from_dict(cfg.TrainerConfig, {"criterion": "hinge"})
     with pytest.raises(ConfigError, match="fidelity"):
@@ -77,7 +80,7 @@ def test_trainer_criterion_spellings_and_errors():
     ok = cfg.from_dict(
         cfg.TrainerConfig, {"criterion": "component", "fidelity": 0, "allow_no_fidelity": True}
     )
-    assert ok.fidelity == 0
+    assert ok.optim.fidelity == 0
     with pytest.raises(ConfigError, match="workers"):
         cfg.from_dict(cfg.TrainerConfig, {"workers_min": 3, "workers_max": 2})
 
@@ -92,3 +95,92 @@ def test_bad_json_is_one_clear_error():
         cfg.from_json(cfg.ModelConfig, "{oops", source="model.json")
     with pytest.raises(ConfigError, match="JSON object"):
         cfg.from_json(cfg.ModelConfig, json.dumps([1, 2]))
+
+
+DATA = Path(__file__).parent / "data"
+# Flat trainer.json keys by section: what trainer_v0_*.json (written before the sections) hold.
+SECTIONS = {
+    "data": (
+        "max_tracks max_samples batch_size num_workers persistent_workers pin_memory pre_fetch "
+        "val_chunks shuffle_buffer silence_threshold_db augment_gain gain_range_db "
+        "augment_channel_swap augment_remix decode_cpus"
+    ),
+    "optim": (
+        "max_epochs lr lr_lstm criterion reduction alpha beta fidelity construction_loss "
+        "best_perm allow_no_fidelity use_amp clip_grad max_grad_norm scale_grad init_scale "
+        "stop_patience max_plateaus min_delta seed"
+    ),
+    "logging": (
+        "tensorboard view_iter view_epoch view_weights view_grad view_norm play_estimate "
+        "play_residual view_spec view_wav image_freq silent"
+    ),
+    "cluster": (
+        "workers_min workers_max gpus_per_worker cpus_per_worker max_failures keep_checkpoints "
+        "storage"
+    ),
+}
+
+
+@pytest.mark.parametrize("name", ["trainer_v0_default.json", "trainer_v0_custom.json"])
+def test_flat_trainer_json_loads_into_sections_and_round_trips(name):
+    text = (DATA / name).read_text()
+    flat = json.loads(text)
+    trainer = cfg.from_json(cfg.TrainerConfig, text)
+    for section, names in SECTIONS.items():
+        for key in names.split():
+            assert getattr(getattr(trainer, section), key) == flat[key], key
+    assert sorted(k for names in SECTIONS.values() for k in names.split()) == sorted(flat)
+    assert json.loads(cfg.to_json(trainer)) == flat
+    assert cfg.from_dict(cfg.TrainerConfig, cfg.to_dict(trainer)) == trainer
+
+
+def test_replace_takes_flat_names_and_validates():
+    base = cfg.TrainerConfig()
+    changed = cfg.replace(base, lr=3e-3, batch_size="16", workers_max=4, storage="s3://b/c")
+    assert (changed.optim.lr, changed.data.batch_size) == (3e-3, 16)
+    assert (changed.cluster.workers_max, changed.cluster.storage) == (4, "s3://b/c")
+    assert base.optim.lr == 0.01  # a copy
+    with pytest.raises(ConfigError) as err:
+        cfg.replace(base, optim={"lr": 1.0})
+    assert err.value.field == "optim"  # sections are not keys: names stay flat
+    with pytest.raises(ConfigError, match="lr: must be positive"):
+        cfg.replace(base, lr=0)
+
+
+def test_field_names_are_unique_across_sections():
+    names = list(cfg.leaves(cfg.TrainerConfig))
+    assert len(names) == len(set(names)) == 54
+
+
+@pytest.mark.parametrize(
+    ("changes", "field"),
+    [
+        ({"workers": 0}, "workers"),
+        ({"padding": -1}, "padding"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"gpus_per_worker": -0.5}, "gpus_per_worker"),
+        ({"max_tracks": 0}, "max_tracks"),
+        ({"session": ""}, "session"),
+        ({"workers": "two"}, "workers"),
+    ],
+)
+def test_eval_config_is_validated(changes, field):
+    with pytest.raises(ConfigError) as err:
+        cfg.from_dict(cfg.EvalConfig, {"session": "s", "dataset": "d", **changes})
+    assert err.value.field == field
+
+
+def test_eval_config_defaults_and_required_fields():
+    config = cfg.from_dict(cfg.EvalConfig, {"session": "s", "dataset": "d"})
+    assert (config.padding, config.batch_size) == (cfg.DEFAULT_PADDING, cfg.DEFAULT_BATCH_SIZE)
+    assert (config.workers, config.max_tracks, config.csv_url) == (2, None, "s/eval.csv")
+    with pytest.raises(ConfigError) as err:
+        cfg.from_dict(cfg.EvalConfig, {"session": "s"})
+    assert err.value.field == "dataset"
+
+
+def test_workers_flag_text():
+    assert cfg.parse_workers("3") == {"workers_min": 3, "workers_max": 3}
+    assert cfg.parse_workers("2:8") == {"workers_min": 2, "workers_max": 8}
+    with pytest.raises(ConfigError, match="MIN:MAX"):
+        cfg.parse_workers("two")

@@ -3,6 +3,7 @@ import math
 import pytest
 import torch
 
+from auralflow_dist import config
 from auralflow_dist.errors import ConfigError
 from auralflow_dist.losses import (
     CRITERIA,
@@ -192,6 +193,29 @@ def test_build_criterion_names_and_errors() -> None:
     with pytest.raises(ConfigError) as raised:
         build_criterion("l2", reduction="max")
     assert raised.value.field == "reduction"
+
+
+def test_the_config_names_exactly_the_implemented_criteria() -> None:
+    assert tuple(CRITERIA) == config.CRITERIA
+
+
+@pytest.mark.parametrize(
+    ("options", "field"),
+    [
+        ({"criterion": "l1", "best_perm": True}, "best_perm"),
+        ({"reduction": "max"}, "reduction"),
+        ({"criterion": "kl_div", "construction_loss": "l3"}, "construction_loss"),
+        ({"criterion": "component", "fidelity": 0, "alpha": 0, "beta": 0}, "fidelity"),
+    ],
+)
+def test_the_trainer_config_refuses_what_the_criterion_would(options, field) -> None:
+    with pytest.raises(ConfigError) as raised:
+        config.from_dict(config.TrainerConfig, options)
+    assert raised.value.field == field
+    kwargs = dict(options)
+    with pytest.raises(ConfigError) as raised:
+        build_criterion(kwargs.pop("criterion", "si_sdr"), **kwargs)
+    assert raised.value.field == field
 
 
 def test_missing_input_is_a_bug_not_a_user_error() -> None:

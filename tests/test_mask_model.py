@@ -4,10 +4,11 @@ import numpy as np
 import pytest
 import torch
 
+from auralflow_dist import session
 from auralflow_dist.config import ModelConfig, TrainerConfig, from_dict
 from auralflow_dist.errors import CheckpointError, ConfigError
 from auralflow_dist.models import registry
-from auralflow_dist.models.mask_model import SpectrogramMaskModel, resolve_model_dir
+from auralflow_dist.models.mask_model import SpectrogramMaskModel
 
 SMALL = {
     "hidden_channels": 4,
@@ -198,7 +199,7 @@ def test_save_and_load_round_trip_with_weights_only(tmp_path):
 
 def test_checkpoint_with_pickled_code_is_refused(tmp_path):
     m = SpectrogramMaskModel(small(), device="cpu")
-    registry.save_checkpoint(str(tmp_path), m.config, m.model)
+    session.save_network(str(tmp_path), m.config, m.model)
 
     class Evil:
         def __reduce__(self):
@@ -206,32 +207,32 @@ def test_checkpoint_with_pickled_code_is_refused(tmp_path):
 
     torch.save({"x": Evil()}, tmp_path / "weights.pt")
     with pytest.raises(CheckpointError, match=r"weights\.pt"):
-        registry.load_network(str(tmp_path))
+        session.load_network(str(tmp_path))
 
 
 def test_mismatched_weights_are_a_clear_error(tmp_path):
     m = SpectrogramMaskModel(small(), device="cpu")
-    registry.save_checkpoint(str(tmp_path), small(hidden_channels=8), m.model)
+    session.save_network(str(tmp_path), small(hidden_channels=8), m.model)
     with pytest.raises(CheckpointError, match="do not match"):
-        registry.load_network(str(tmp_path))
+        session.load_network(str(tmp_path))
 
 
 def test_download_checks_sha256(tmp_path):
     m = SpectrogramMaskModel(small(), device="cpu")
     src = tmp_path / "src"
-    registry.save_checkpoint(str(src), m.config, m.model)
-    digest = registry.sha256_of(str(src / "weights.pt"))
-    dest = registry.download(f"file://{src}", str(tmp_path / "dst"), sha256=digest)
-    assert registry.load_network(dest)[0] == m.config
+    session.save_network(str(src), m.config, m.model)
+    digest = session.sha256_of(str(src / "weights.pt"))
+    dest = session.download(f"file://{src}", str(tmp_path / "dst"), sha256=digest)
+    assert session.load_network(dest)[0] == m.config
     with pytest.raises(CheckpointError, match="SHA-256"):
-        registry.download(str(src), str(tmp_path / "bad"), sha256="0" * 64)
+        session.download(str(src), str(tmp_path / "bad"), sha256="0" * 64)
     assert not (tmp_path / "bad").exists()
 
 
 def test_resolve_model_dir_prefers_best(tmp_path):
     m = SpectrogramMaskModel(small(), device="cpu")
-    registry.save_checkpoint(str(tmp_path / "best"), m.config, m.model)
-    assert resolve_model_dir(str(tmp_path)).endswith("best")
+    session.save_network(str(tmp_path / "best"), m.config, m.model)
+    assert session.resolve_model_dir(str(tmp_path)).endswith("best")
 
 
 def _one_batch(m: SpectrogramMaskModel) -> None:

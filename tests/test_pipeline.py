@@ -15,7 +15,7 @@ import ray
 import torch
 
 from auralflow_dist import audio, storage
-from auralflow_dist.config import ModelConfig, TrainerConfig, replace
+from auralflow_dist.config import ModelConfig, TrainerConfig, from_dict, replace
 from auralflow_dist.data import manifest, pipeline
 from auralflow_dist.data.chunks import ChunkDrawer, draw_epoch
 from auralflow_dist.data.decode import DecodeSettings, decode_chunk
@@ -30,7 +30,7 @@ MODEL = ModelConfig(sample_length=0.25, sample_rate=RATE, num_channels=2).valida
 
 def trainer(**changes) -> TrainerConfig:
     base = {"max_samples": 24, "batch_size": 8, "num_workers": 2, "val_chunks": 6, "seed": 3}
-    return TrainerConfig(**{**base, **changes}).validate()
+    return from_dict(TrainerConfig, {**base, **changes})
 
 
 def fingerprint(mixture: np.ndarray, target: np.ndarray) -> str:
@@ -62,7 +62,7 @@ def test_train_dataset_follows_the_epoch_clock(table: pa.Table) -> None:
     dataset = pipeline.build_train_dataset(table, MODEL, config, name)
 
     first = fingerprints(dataset)
-    assert len(first) == config.max_samples
+    assert len(first) == config.data.max_samples
     assert fingerprints(dataset) == first  # the same epoch again: the same chunks
     ray.get(pipeline.get_or_create_epoch_clock(name).set.remote(1))  # the same clock, by name
     second = fingerprints(dataset)
@@ -72,7 +72,9 @@ def test_train_dataset_follows_the_epoch_clock(table: pa.Table) -> None:
     settings = DecodeSettings.from_configs(MODEL, config, augment=True)
     tracks = manifest.tracks(table, "train")
     drawer = ChunkDrawer(tracks, settings.chunk_seconds)
-    specs = draw_epoch(tracks, 1, config.seed, config.max_samples, settings.chunk_seconds)
+    specs = draw_epoch(
+        tracks, 1, config.optim.seed, config.data.max_samples, settings.chunk_seconds
+    )
     chunks = [decode_chunk(drawer, spec, settings) for spec in specs]
     assert sorted(fingerprint(c.mixture, c.target) for c in chunks) == second
     ray.kill(clock)

@@ -14,7 +14,7 @@ import pytest
 
 from auralflow_dist import allocator
 from auralflow_dist.config import TrainerConfig, from_dict
-from auralflow_dist.train.trainer import _run_config
+from auralflow_dist.train.trainer import make_run_config
 
 GLIBC = os.confstr("CS_GNU_LIBC_VERSION") if hasattr(os, "confstr") else None
 needs_glibc = pytest.mark.skipif(not GLIBC, reason="glibc only")
@@ -89,7 +89,7 @@ def test_tuned_heap_serves_large_arrays_from_the_heap_not_fresh_mappings() -> No
 
 def test_training_workers_start_with_the_heap_settings(tmp_path, monkeypatch) -> None:
     monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
-    run_config = _run_config(str(tmp_path), "run", from_dict(TrainerConfig, {}))
+    run_config = make_run_config(str(tmp_path), "run", from_dict(TrainerConfig, {}))
     assert run_config.worker_runtime_env == allocator.worker_runtime_env()
 
 

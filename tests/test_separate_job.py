@@ -1,4 +1,4 @@
-"""The bulk separation job: streaming equals ``separate()``, naming, bad files, re-runs, crashes.
+"""The bulk separation job: outputs equal ``separate()``, naming, bad files, re-runs, crashes.
 
 Everything runs for real: files written with soundfile into a local folder and onto the test S3
 server, a 2-actor Ray Data job on the session's local Ray, and a worker process that really exits
@@ -24,14 +24,13 @@ import torch
 from auralflow_dist import audio, storage
 from auralflow_dist.config import ModelConfig
 from auralflow_dist.errors import AuralflowError, ConfigError
-from auralflow_dist.models import registry
 from auralflow_dist.models.mask_model import SpectrogramMaskModel
 from auralflow_dist.observability import REGISTRY
 from auralflow_dist.separate import SeparateConfig, SeparationSummary, run_separation
 from auralflow_dist.separate.job import CRASH_ONCE_ENV, _files_at_once
 from auralflow_dist.separate.sources import Source, list_sources, track_names
-from auralflow_dist.separate.stream import StreamingSeparation, StreamResampler
 from auralflow_dist.separate.track import TrackSeparator
+from auralflow_dist.session import save_network
 
 RATE = 16000
 TOL = 1e-4
@@ -56,7 +55,7 @@ def tiny_model(num_channels: int = 1, sample_rate: int = RATE) -> SpectrogramMas
 
 def save_model(url: str, num_channels: int = 1, sample_rate: int = RATE) -> str:
     model = tiny_model(num_channels, sample_rate)
-    registry.save_checkpoint(url, model.config, model.model)
+    save_network(url, model.config, model.model)
     return url
 
 
@@ -70,57 +69,6 @@ def put(url: str, data: np.ndarray, rate: int, fmt: str, subtype: str | None = N
     buf = io.BytesIO()
     sf.write(buf, data, rate, format=fmt, subtype=subtype)
     storage.write_bytes(url, buf.getvalue())
-
-
-# ------------------------------------------------------------------------------------------------
-# Streaming equals the whole-file path
-
-
-@pytest.mark.parametrize(
-    ("orig", "new"), [(44100, 16000), (16000, 44100), (96000, 8000), (11025, 8000)]
-)
-def test_stream_resampler_equals_whole_signal(orig: int, new: int) -> None:
-    x = torch.randn(2, 12345)
-    stream = StreamResampler(orig, new, 2, torch.device("cpu"))
-    pieces = [stream.push(c) for c in x.split(1000, dim=-1)] + [stream.finish()]
-    assert torch.equal(torch.cat(pieces, dim=-1), audio.resample(x, orig, new))
-
-
-@pytest.mark.parametrize(
-    ("model_channels", "rate", "channels", "padding", "block"),
-    [
-        (1, RATE, 2, 200, 3000),  # mono model, stereo in: each channel on its own
-        (2, RATE, 2, 200, 7000),  # stereo model, stereo in
-        (2, 44100, 1, 200, 5000),  # mono through a stereo model, resampled both ways
-        (1, 96000, 6, 1000, 20000),  # 6 channels at 96 kHz
-        (2, 8000, 3, 3000, 999),  # blocks smaller than a window, overlap above half a window
-        (1, RATE, 1, 0, 4000),  # no overlap
-    ],
-)
-def test_stream_equals_separate(
-    model_channels: int, rate: int, channels: int, padding: int, block: int
-) -> None:
-    model = tiny_model(model_channels)
-    x = torch.rand(channels, int(rate * 1.2) + 13) * 0.6 - 0.3
-    want = model.separate(x, sample_rate=rate, padding=padding, batch_size=3)
-    stream = StreamingSeparation(model, rate, channels, rate, padding, batch_size=5)
-    parts = [stream.push(b) for b in x.split(block, dim=-1)] + [stream.finish()]
-    target = torch.cat([p[0] for p in parts], dim=-1)
-    residual = torch.cat([p[1] for p in parts], dim=-1)
-    assert target.shape == x.shape
-    assert (target - want).abs().max() < TOL
-    assert (residual - (x - want)).abs().max() < TOL
-
-
-def test_stream_output_rate() -> None:
-    model = tiny_model()
-    x = torch.rand(2, 44100) - 0.5
-    stream = StreamingSeparation(model, 44100, 2, 22050, 200, batch_size=8)
-    parts = [stream.push(b) for b in x.split(10000, dim=-1)] + [stream.finish()]
-    target = torch.cat([p[0] for p in parts], dim=-1)
-    want = audio.resample(model.separate(x, sample_rate=44100), 44100, 22050)
-    assert target.shape == (2, 22050)
-    assert (target - want).abs().max() < TOL
 
 
 # ------------------------------------------------------------------------------------------------
@@ -367,7 +315,7 @@ def _separate_one_hour(tmp_path: Path, rate: int, seconds: int) -> None:
     job = SeparateConfig(
         model="unused", audio=str(path), save=str(tmp_path / "out"), residual=True
     ).validate()
-    separate = TrackSeparator(model, job, model_key="k", run_id="r")
+    separate = TrackSeparator(model.separator, job, model_key="k", run_id="r")
     warm = tmp_path / "warm.wav"
     sf.write(warm, noise(65, rate, 1), rate)  # warms up every buffer at full block size
     assert separate(Source(str(warm), "warm")).status == "ok"

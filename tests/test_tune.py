@@ -26,7 +26,7 @@ import ray
 import yaml
 
 from auralflow_dist import storage
-from auralflow_dist.config import ModelConfig, TrainerConfig, to_json
+from auralflow_dist.config import ModelConfig, TrainerConfig, from_dict, to_json
 from auralflow_dist.data.generate import write_dataset
 from auralflow_dist.errors import AuralflowError, ConfigError
 from auralflow_dist.session import read_model_config, read_trainer_config
@@ -44,15 +44,18 @@ TINY_MODEL = ModelConfig(
     sample_length=0.5,
     hidden_channels=4,
 )
-TINY_TRAINER = TrainerConfig(
-    max_samples=16,
-    val_chunks=4,
-    batch_size=4,
-    max_epochs=2,
-    num_workers=1,
-    decode_cpus=0.5,
-    image_freq=100,
-    silent=True,
+TINY_TRAINER = from_dict(
+    TrainerConfig,
+    {
+        "max_samples": 16,
+        "val_chunks": 4,
+        "batch_size": 4,
+        "max_epochs": 2,
+        "num_workers": 1,
+        "decode_cpus": 0.5,
+        "image_freq": 100,
+        "silent": True,
+    },
 )
 SPACE = {"trainer.lr": {"loguniform": [1e-4, 1e-2]}, "model.hidden_channels": {"choice": [2, 4]}}
 
@@ -129,7 +132,7 @@ def test_space_feeds_tune_and_trials(tmp_path: Path) -> None:
     sample = {"model": {"hidden_channels": 2, "num_fft": 512}, "trainer": {"lr": 3e-3}}
     base = ModelConfig(window_size=256, hop_length=128)
     model, trainer = space.configs(sample, base, TrainerConfig())
-    assert (model.hidden_channels, model.num_fft, trainer.lr) == (2, 512, 3e-3)
+    assert (model.hidden_channels, model.num_fft, trainer.optim.lr) == (2, 512, 3e-3)
     assert space.flat(sample) == {
         "trainer.lr": 3e-3,
         "model.hidden_channels": 2,
@@ -372,7 +375,7 @@ def check_finished_sweep(sweep_url: str, trials: int) -> pd.DataFrame:
     assert len(frame) == trials
     assert set(frame["status"]) <= {"ok", "stopped"}
     assert (frame["status"] == "ok").any()
-    assert frame["epochs"].max() == TINY_TRAINER.max_epochs
+    assert frame["epochs"].max() == TINY_TRAINER.optim.max_epochs
     parquet = pd.read_parquet(
         io.BytesIO(storage.read_bytes(storage.join(sweep_url, "results.parquet")))
     )
@@ -388,7 +391,7 @@ def check_finished_sweep(sweep_url: str, trials: int) -> pd.DataFrame:
     trainer = read_trainer_config(storage.join(sweep_url, "best"))
     assert model == read_model_config(storage.join(sweep_url, "trials", best["trial_id"]))
     assert model.hidden_channels == best["model.hidden_channels"]
-    assert trainer is not None and trainer.lr == pytest.approx(best["trainer.lr"])
+    assert trainer is not None and trainer.optim.lr == pytest.approx(best["trainer.lr"])
     return frame
 
 
@@ -499,7 +502,7 @@ def test_a_crashing_trial_is_recorded_and_the_other_finishes(
     assert "kl_div needs a SpectrogramNetVAE model" in frame.loc["kl_div", "error"]
     assert "\n" not in frame.loc["kl_div", "error"]
     assert read_model_config(storage.join(sweep_url, "best")) == TINY_MODEL
-    assert read_trainer_config(storage.join(sweep_url, "best")).criterion == "si_sdr"
+    assert read_trainer_config(storage.join(sweep_url, "best")).optim.criterion == "si_sdr"
 
 
 @pytest.mark.slow

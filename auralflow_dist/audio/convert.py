@@ -6,6 +6,7 @@ return the same type, so data workers (numpy) and GPU workers (torch) share one 
 
 from __future__ import annotations
 
+import math
 from typing import TypeVar
 
 import numpy as np
@@ -16,6 +17,10 @@ from auralflow_dist.errors import ConfigError
 
 ArrayT = TypeVar("ArrayT", np.ndarray, torch.Tensor)
 
+# torchaudio's default resampling kernel: sinc with 6 zero crossings, cut off at 0.99 Nyquist.
+_LOWPASS_WIDTH = 6
+_ROLLOFF = 0.99
+
 
 def resample(audio: ArrayT, orig_sr: int, new_sr: int) -> ArrayT:
     """Band-limited sinc resampling along the last axis; the input itself when the rates match."""
@@ -25,6 +30,20 @@ def resample(audio: ArrayT, orig_sr: int, new_sr: int) -> ArrayT:
         return torchaudio.functional.resample(audio, orig_sr, new_sr)
     out = torchaudio.functional.resample(torch.from_numpy(audio), orig_sr, new_sr)
     return out.numpy()
+
+
+def resampling_context(orig_sr: int, new_sr: int) -> int:
+    """Input frames of real signal needed on each side of a stretch of audio so that resampling
+    the stretch alone gives exactly the samples the whole signal's resampling gives there.
+
+    Twice the sinc kernel's reach, rounded up to whole periods of ``orig / gcd`` input frames, so
+    the stretch's filter phases line up with the whole signal's and the context maps to whole
+    output samples.
+    """
+    period = orig_sr // math.gcd(orig_sr, new_sr)
+    out_period = new_sr // math.gcd(orig_sr, new_sr)
+    reach = math.ceil(_LOWPASS_WIDTH * period / (min(period, out_period) * _ROLLOFF))
+    return period * math.ceil(2 * reach / period)
 
 
 def to_channels(audio: ArrayT, num_channels: int) -> ArrayT:

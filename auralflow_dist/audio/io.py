@@ -64,7 +64,7 @@ def _source(url: str) -> Iterator[str | IO[bytes]]:
 
 
 @contextlib.contextmanager
-def _open(url: str) -> Iterator[sf.SoundFile]:
+def open_audio(url: str) -> Iterator[sf.SoundFile]:
     """A SoundFile on ``url``; every failure becomes one AudioError naming the URL."""
     try:
         with _source(url) as source, sf.SoundFile(source) as snd:
@@ -80,7 +80,7 @@ def _open(url: str) -> Iterator[sf.SoundFile]:
 
 def info(url: str) -> AudioInfo:
     """Length, rate and format from the header alone (no samples are decoded)."""
-    with _open(url) as snd:
+    with open_audio(url) as snd:
         return AudioInfo(snd.frames, snd.samplerate, snd.channels, snd.format, snd.subtype)
 
 
@@ -97,11 +97,11 @@ def read(
 
     Only that range is decoded (and on object stores, only its bytes fetched). ``frames=-1`` reads to
     the end; a range past the end is cut short unless ``fill_value`` pads it to ``frames``. Mono comes
-    back as ``(frames,)`` when ``always_2d`` is False. Non-finite samples are returned as they are:
-    see `sanitize`. ``contiguous=False`` returns a transposed view of the decoder's interleaved
-    buffer, saving a copy for callers that copy the samples anyway.
+    back as ``(frames,)`` when ``always_2d`` is False. Non-finite samples are returned as they are.
+    ``contiguous=False`` returns a transposed view of the decoder's interleaved buffer, saving a
+    copy for callers that copy the samples anyway.
     """
-    with _open(url) as snd:
+    with open_audio(url) as snd:
         if snd.frames == 0:
             raise AudioError(f"{url}: contains no audio frames")
         if not 0 <= offset < snd.frames:
@@ -109,16 +109,6 @@ def read(
         snd.seek(offset)
         data = snd.read(frames, dtype=dtype, always_2d=always_2d, fill_value=fill_value).T
         return (np.ascontiguousarray(data) if contiguous else data), snd.samplerate
-
-
-def sanitize(audio: np.ndarray, url: str, nan: Literal["error", "zero"] = "error") -> np.ndarray:
-    """Reject (``"error"``) or zero (``"zero"``) NaN/inf samples, which float files can hold."""
-    finite = np.isfinite(audio)
-    if finite.all():
-        return audio
-    if nan == "zero":
-        return np.where(finite, audio, 0).astype(audio.dtype, copy=False)
-    raise AudioError(f"{url}: {audio.size - int(finite.sum())} samples are NaN or infinite")
 
 
 def _format_for(url: str, format: str | None) -> str:

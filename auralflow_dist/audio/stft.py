@@ -84,25 +84,3 @@ class STFT(nn.Module):
                 length=length,
             )
         return audio.reshape(*lead, audio.shape[-1])
-
-
-def magnitude(spec: torch.Tensor) -> torch.Tensor:
-    return spec.abs()
-
-
-def phase(spec: torch.Tensor) -> torch.Tensor:
-    return spec.angle()
-
-
-def from_magnitude_phase(magnitude: torch.Tensor, phase: torch.Tensor) -> torch.Tensor:
-    """The complex spectrogram with this magnitude and phase (an estimate with the mixture's phase)."""
-    return torch.polar(magnitude.to(phase.dtype), phase)
-
-
-def apply_mask(spec: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mask the mixture: a real non-negative mask scales the magnitude and keeps the mixture phase.
-
-    ``spec * mask`` is exactly ``from_magnitude_phase(mask * |spec|, phase(spec))`` without the
-    detour through angles, and stays differentiable where ``|spec|`` is zero.
-    """
-    return spec * mask.to(spec.real.dtype)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from auralflow_dist.config import TrainerConfig
+from auralflow_dist.config import DataConfig
 from auralflow_dist.data.chunks import ChunkDrawer, ChunkSpec
 
 
@@ -34,7 +34,7 @@ class Augmentation:
     remix: bool = False
 
     @classmethod
-    def from_config(cls, config: TrainerConfig) -> Augmentation:
+    def from_config(cls, config: DataConfig) -> Augmentation:
         return cls(
             gain=config.augment_gain,
             gain_range_db=config.gain_range_db,

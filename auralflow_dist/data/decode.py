@@ -50,8 +50,8 @@ class DecodeSettings:
             sample_rate=model.sample_rate,
             num_channels=model.num_channels,
             num_samples=model.num_samples,
-            silence_threshold_db=trainer.silence_threshold_db,
-            augmentation=Augmentation.from_config(trainer) if augment else Augmentation(),
+            silence_threshold_db=trainer.data.silence_threshold_db,
+            augmentation=Augmentation.from_config(trainer.data) if augment else Augmentation(),
         )
 
     @property
@@ -106,7 +106,7 @@ def load(track: Track, name: str, offset: int, settings: DecodeSettings) -> np.n
         dtype = "int16" if settings.pcm16 else "float32"
         return audio.to_channels(read_source(track, url, offset, n, dtype), settings.num_channels)
     period = rate // math.gcd(rate, model_rate)  # input frames per whole number of output samples
-    context = math.ceil(8 * rate / min(rate, model_rate) / period) * period
+    context = audio.resampling_context(rate, model_rate)
     lead = min(context, offset // period * period)
     frames = lead + math.ceil(n * rate / model_rate) + context
     x = audio.to_channels(read_source(track, url, offset - lead, frames), settings.num_channels)

@@ -343,6 +343,20 @@ def read_manifest(url: str) -> pa.Table:
     return table.select(SCHEMA.names).cast(SCHEMA)
 
 
+def load_manifest(dataset_url: str) -> pa.Table:
+    """A prepared manifest (the URL itself, or the dataset's ``manifest.parquet``), else a scan."""
+    if dataset_url.endswith(".parquet"):
+        return read_manifest(dataset_url)
+    storage.check_readable(dataset_url)
+    prepared = storage.join(dataset_url, MANIFEST_NAME)
+    if storage.exists(prepared):
+        return read_manifest(prepared)
+    result = scan(dataset_url)
+    for problem in result.problems:
+        print(f"[train] skipped {problem}", flush=True)
+    return result.table
+
+
 def prepare(
     dataset_url: str, out_url: str | None = None, strict: bool = False, seed: int = 0
 ) -> tuple[str, ScanResult]:

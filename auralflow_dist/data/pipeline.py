@@ -153,7 +153,7 @@ def _dataset(
     settings: DecodeSettings,
     trainer: TrainerConfig,
 ) -> ray.data.Dataset:
-    tasks = max(1, trainer.num_workers)
+    tasks = max(1, trainer.data.num_workers)
     # At least one block per concurrent task, so small datasets still decode (and split) in parallel.
     blocks = max(math.ceil(count / CHUNKS_PER_TASK), min(count, tasks))
     # Slot ids come from the driver (a few bytes per block), not from `ray.data.range`: its read
@@ -164,7 +164,7 @@ def _dataset(
         batch_size=None,  # one call per block of slots
         batch_format="numpy",
         compute=ray.data.TaskPoolStrategy(size=tasks),
-        num_cpus=trainer.decode_cpus,
+        num_cpus=trainer.data.decode_cpus,
         runtime_env=allocator.worker_runtime_env(),
         fn_kwargs={
             "slots": slots,
@@ -191,11 +191,12 @@ def build_train_dataset(
     """
     table, where = _load(manifest)
     settings = DecodeSettings.from_configs(model_config, trainer_config, augment=True)
-    tracks = manifests.tracks(table, "train")[: trainer_config.max_tracks]
+    data = trainer_config.data
+    tracks = manifests.tracks(table, "train")[: data.max_tracks]
     drawer = _drawer(tracks, settings, where, "train")
     settings = settings.for_tracks(drawer.tracks)
-    slots = _EpochSlots(trainer_config.seed, epoch_source)
-    return _dataset(trainer_config.max_samples, slots, drawer, settings, trainer_config)
+    slots = _EpochSlots(trainer_config.optim.seed, epoch_source)
+    return _dataset(data.max_samples, slots, drawer, settings, trainer_config)
 
 
 def build_val_dataset(
@@ -210,10 +211,13 @@ def build_val_dataset(
     drawer = _drawer(manifests.tracks(table, "valid"), settings, where, "valid")
     settings = settings.for_tracks(drawer.tracks)
     specs = validation_chunks(
-        drawer.tracks, trainer_config.val_chunks, settings.chunk_seconds, trainer_config.seed
+        drawer.tracks,
+        trainer_config.data.val_chunks,
+        settings.chunk_seconds,
+        trainer_config.optim.seed,
     )
     dataset = _dataset(len(specs), _FixedSlots(tuple(specs)), drawer, settings, trainer_config)
-    return dataset.materialize() if trainer_config.persistent_workers else dataset
+    return dataset.materialize() if trainer_config.data.persistent_workers else dataset
 
 
 @dataclass

@@ -30,10 +30,9 @@ import numpy as np
 import ray
 import torch
 
-from auralflow_dist import allocator, observability, runtime, storage
+from auralflow_dist import allocator, observability, runtime, session, storage
 from auralflow_dist.errors import AudioError, ConfigError
-from auralflow_dist.models import registry
-from auralflow_dist.models.mask_model import SpectrogramMaskModel, resolve_model_dir
+from auralflow_dist.models.separator import Separator
 from auralflow_dist.separate.config import SeparateConfig
 from auralflow_dist.separate.results import (
     FileResult,
@@ -85,8 +84,8 @@ class FileSeparator:
     ) -> None:
         storage.configure(s3)
         torch.set_num_threads(threads)
-        model = SpectrogramMaskModel.from_checkpoint(model_dir)
-        self.separate = TrackSeparator(model, job, model_key, run_id)
+        separator = Separator.from_checkpoint(model_dir)
+        self.separate = TrackSeparator(separator, job, model_key, run_id)
         self.ledger, self.crash_once = ledger, crash_once
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list[Any]]:
@@ -179,12 +178,12 @@ def run_separation(job: SeparateConfig, echo: Callable[[str], None] = print) -> 
         save=storage.absolute(job.save),
     )
     start = time.monotonic()
-    model_dir = resolve_model_dir(job.model)
-    model_config = registry.load_config(model_dir)
+    model_dir = session.resolve_model_dir(job.model)
+    model_config = session.read_model_config(model_dir)
     window = model_config.num_samples
     if job.padding >= window:
         raise ConfigError("padding", f"must be below the model's window of {window} samples")
-    model_key = fingerprint(storage.join(model_dir, registry.WEIGHTS_FILE))
+    model_key = fingerprint(storage.join(model_dir, session.WEIGHTS))
     sources = list_sources(job.audio, exclude=job.save)
     if not sources:
         raise AudioError(f"{storage.mask_url(job.audio)}: no .wav, .flac, .ogg or .mp3 files")

@@ -7,18 +7,13 @@ progress and updates the Prometheus series as they stream in, and writes the tab
 from __future__ import annotations
 
 import dataclasses
-import io
 import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import pyarrow as pa
-import pyarrow.csv
-import pyarrow.parquet as pq
-
-from auralflow_dist import observability, storage
+from auralflow_dist import observability, storage, tables
 
 OK, FAILED, SKIPPED = "ok", "failed", "skipped"
 RESULTS_NAME = "_results"
@@ -66,15 +61,15 @@ def merge_columns(results: list[FileResult]) -> dict[str, list[Any]]:
 def write_table(save: str, results: list[FileResult]) -> tuple[str, str]:
     """``<save>/_results.parquet`` and ``_results.csv``, sorted by input; returns both URLs."""
     ordered = sorted(results, key=lambda r: r.input_url)
-    table = pa.table(merge_columns(ordered)) if ordered else pa.table({})
-    urls = []
-    for ext, write in (("parquet", pq.write_table), ("csv", pyarrow.csv.write_csv)):
-        buf = io.BytesIO()
-        write(table, buf)
-        url = storage.join(save, f"{RESULTS_NAME}.{ext}")
-        storage.write_bytes(url, buf.getvalue())
-        urls.append(url)
-    return urls[0], urls[1]
+    parquet_url = storage.join(save, f"{RESULTS_NAME}.parquet")
+    csv_url = storage.join(save, f"{RESULTS_NAME}.csv")
+    tables.write_rows(
+        csv_url,
+        [dataclasses.asdict(r) for r in ordered],
+        columns=[f.name for f in dataclasses.fields(FileResult)],
+        parquet_url=parquet_url,
+    )
+    return parquet_url, csv_url
 
 
 @dataclass

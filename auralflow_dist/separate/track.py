@@ -27,13 +27,13 @@ import soundfile as sf
 import torch
 
 from auralflow_dist import audio, storage
-from auralflow_dist.audio.io import _open as open_audio
+from auralflow_dist.audio.engine import SeparationEngine
+from auralflow_dist.audio.io import open_audio
 from auralflow_dist.errors import AudioError, AuralflowError, StorageError
-from auralflow_dist.models.mask_model import SpectrogramMaskModel
+from auralflow_dist.models.separator import Separator
 from auralflow_dist.separate.config import SeparateConfig
 from auralflow_dist.separate.results import FAILED, OK, SKIPPED, FileResult
 from auralflow_dist.separate.sources import Source
-from auralflow_dist.separate.stream import StreamingSeparation
 
 DONE_NAME = "_done.json"
 _FLOAT_SUBTYPES = ("FLOAT", "DOUBLE")
@@ -174,10 +174,10 @@ class TrackSeparator:
     """Separates files one at a time with one loaded model: skip, stream, encode, mark done."""
 
     def __init__(
-        self, model: SpectrogramMaskModel, job: SeparateConfig, model_key: str, run_id: str
+        self, separator: Separator, job: SeparateConfig, model_key: str, run_id: str
     ) -> None:
-        self.model, self.job, self.run_id = model, job, run_id
-        self.target = model.config.target
+        self.separator, self.job, self.run_id = separator, job, run_id
+        self.target = separator.config.target
         # What the outputs depend on: a marker written under other settings does not count.
         self.settings = {
             "model": model_key,
@@ -261,12 +261,11 @@ class TrackSeparator:
         result.sample_rate, result.channels, result.output_sample_rate = rate, channels, out_rate
         result.trimmed = limit is not None and limit < header.frames
         # At least one batch of windows per block, so the model always sees full batches.
-        hop = self.model.config.num_samples - job.padding
-        batch = math.ceil(job.batch_size * hop * rate / self.model.config.sample_rate)
+        config = self.separator.config
+        hop = config.num_samples - job.padding
+        batch = math.ceil(job.batch_size * hop * rate / config.sample_rate)
         block_frames = max(1, round(job.block_seconds * rate), batch)
-        stream = StreamingSeparation(
-            self.model, rate, channels, out_rate, job.padding, job.batch_size
-        )
+        stream = self.separator.engine(rate, channels, out_rate, job.padding, job.batch_size)
         names = ["target", "residual"] if job.residual else ["target"]
         with tempfile.TemporaryDirectory(prefix="auralflow-separate-") as tmp:
             stems = [_Spool(os.path.join(tmp, f"{n}.f32"), channels) for n in names]
@@ -282,7 +281,7 @@ class TrackSeparator:
                 spool.encode(out, out_rate, job.file_format, job.file_subtype)
 
     def _run(
-        self, stream: StreamingSeparation, blocks: Iterator[np.ndarray], stems: list[_Spool]
+        self, stream: SeparationEngine, blocks: Iterator[np.ndarray], stems: list[_Spool]
     ) -> int:
         """Feed decoded blocks through the stream into the spools; returns frames read."""
         frames = 0

@@ -24,8 +24,8 @@ from auralflow_dist import storage
 from auralflow_dist.config import ModelConfig, TrainerConfig, from_dict
 from auralflow_dist.data.pipeline import ChunkStats, get_or_create_epoch_clock, iter_batches
 from auralflow_dist.metrics import si_sdr
-from auralflow_dist.models import registry
 from auralflow_dist.models.mask_model import SpectrogramMaskModel
+from auralflow_dist.session import BEST, save_network
 from auralflow_dist.train import state as ckpt_state
 from auralflow_dist.train.reporting import EpochReporter
 
@@ -58,13 +58,14 @@ def _train_epoch(
     loss_sum, count, samples, wait, nonfinite = 0.0, 0, 0, 0.0, 0
     start = tick = time.perf_counter()
     stats = ChunkStats()
+    data = trainer.data
     batches = iter_batches(
         shard,
-        trainer.batch_size,
-        trainer.shuffle_buffer,
-        trainer.pre_fetch,
+        data.batch_size,
+        data.shuffle_buffer,
+        data.pre_fetch,
         device,
-        pin_memory=trainer.pin_memory,
+        pin_memory=data.pin_memory,
         stats=stats,
     )
     for mixture, target in batches:
@@ -110,7 +111,7 @@ def _validate(
     example = None
     with torch.no_grad():
         for mixture, target in iter_batches(
-            shard, trainer.batch_size, 0, trainer.pre_fetch, model.device, drop_last=False
+            shard, trainer.data.batch_size, 0, trainer.data.pre_fetch, model.device, drop_last=False
         ):
             model.set_data(mixture, target)
             model.forward()
@@ -150,7 +151,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
-    torch.manual_seed(trainer.seed + rank)
+    torch.manual_seed(trainer.optim.seed + rank)
 
     model = SpectrogramMaskModel(model_config, trainer, device=device)
     loop = ckpt_state.LoopState()
@@ -159,25 +160,27 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         with checkpoint.as_directory() as directory:
             loop = ckpt_state.load(directory, model)
     elif loop_config.get("init_from"):
-        loop = ckpt_state.load_url(loop_config["init_from"], model)
+        loop = ckpt_state.load(loop_config["init_from"], model)
         # A handed-over checkpoint (PBT) brings its optimizer; this run's LRs are the new ones.
         for group in model.optimizer.param_groups:
-            group["lr"] = trainer.lr_lstm if group["name"] == "recurrent" else trainer.lr
+            group["lr"] = (
+                trainer.optim.lr_lstm if group["name"] == "recurrent" else trainer.optim.lr
+            )
     if world > 1:
         model.model = ray.train.torch.prepare_model(model.model, move_to_device=False)
     clock = get_or_create_epoch_clock(loop_config["clock"])
     reporter = EpochReporter(session, model_config, trainer) if rank == 0 else None
     if rank == 0:
         print(
-            f"[train] {world} worker(s) on {device}; batch {trainer.batch_size} per worker, "
-            f"{trainer.batch_size * world} global; starting at epoch {loop.epoch + 1}",
+            f"[train] {world} worker(s) on {device}; batch {trainer.data.batch_size} per worker, "
+            f"{trainer.data.batch_size * world} global; starting at epoch {loop.epoch + 1}",
             flush=True,
         )
 
     train_shard = ray.train.get_dataset_shard("train")
     val_shard = ray.train.get_dataset_shard("val")
     stop, metrics = False, {"epoch": loop.epoch, "global_step": loop.global_step}
-    while loop.epoch < trainer.max_epochs:
+    while loop.epoch < trainer.optim.max_epochs:
         epoch = loop.epoch + 1
         if rank == 0:
             ray.get(clock.set.remote(epoch))
@@ -212,9 +215,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             if rank == 0:
                 ckpt_state.save(tmp, model, loop)
                 if improved:
-                    registry.save_checkpoint(
-                        storage.join(session, "best"), model_config, model.model
-                    )
+                    save_network(storage.join(session, BEST), model_config, model.model)
                 reporter.epoch(loop, metrics, model, example)
                 report_checkpoint = ray.train.Checkpoint.from_directory(tmp)
             ray.train.report(

@@ -7,7 +7,6 @@ and with ``--tensorboard`` the event files under ``runs/`` (written locally, the
 
 from __future__ import annotations
 
-import csv
 import io
 import os
 import shutil
@@ -17,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from auralflow_dist import storage, visualize
+from auralflow_dist import storage, tables, visualize
 from auralflow_dist.config import ModelConfig, TrainerConfig
 from auralflow_dist.models.mask_model import SpectrogramMaskModel
 from auralflow_dist.train.state import LoopState
@@ -30,7 +29,7 @@ class EpochReporter:
         self.trainer = trainer
         self.writer = None
         self._tb_dir: str | None = None
-        if trainer.tensorboard:
+        if trainer.logging.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
             self._tb_dir = tempfile.mkdtemp(prefix="auralflow-tb-")
@@ -39,9 +38,9 @@ class EpochReporter:
     def step(self, global_step: int, loss: float, grad_norm: float | None) -> None:
         if self.writer is None:
             return
-        if self.trainer.view_iter:
+        if self.trainer.logging.view_iter:
             self.writer.add_scalar("loss/iteration", loss, global_step)
-        if self.trainer.view_norm and grad_norm is not None:
+        if self.trainer.logging.view_norm and grad_norm is not None:
             self.writer.add_scalar("grad_norm/total", grad_norm, global_step)
 
     def epoch(
@@ -58,17 +57,17 @@ class EpochReporter:
             visualize.loss_curve(loop.history, title=self.model_config.model_type),
         )
         epoch = metrics["epoch"]
-        image_epoch = epoch % self.trainer.image_freq == 0 or epoch == 1
+        image_epoch = epoch % self.trainer.logging.image_freq == 0 or epoch == 1
         if example is not None and image_epoch:
             self._images(epoch, example)
         if self.writer is not None:
             self._tensorboard(epoch, metrics, model, example, image_epoch)
 
     def _print(self, m: dict[str, Any]) -> None:
-        if self.trainer.silent:
+        if self.trainer.logging.silent:
             return
         print(
-            f"[train] epoch {m['epoch']:>3}/{self.trainer.max_epochs}  "
+            f"[train] epoch {m['epoch']:>3}/{self.trainer.optim.max_epochs}  "
             f"loss {m['train_loss']:.4f}  val {m['val_loss']:.4f}  "
             f"val SI-SDR {m['val_si_sdr']:+.2f} dB (mixture {m['val_si_sdr_mixture']:+.2f})  "
             f"{m['samples_per_s']:.1f} samples/s  data wait {100 * m['data_wait_share']:.0f}%  "
@@ -77,12 +76,7 @@ class EpochReporter:
         )
 
     def _write_history(self, loop: LoopState) -> None:
-        keys = list(dict.fromkeys(k for row in loop.history for k in row))
-        text = io.StringIO()
-        writer = csv.DictWriter(text, fieldnames=keys)
-        writer.writeheader()
-        writer.writerows(loop.history)
-        storage.write_bytes(storage.join(self.session, "history.csv"), text.getvalue().encode())
+        tables.write_rows(storage.join(self.session, "history.csv"), loop.history)
 
     def _images(self, epoch: int, example: tuple) -> None:
         mixture, target, estimate, mix_mag, est_mag, target_mag = example
@@ -119,7 +113,7 @@ class EpochReporter:
         example: tuple | None,
         image_epoch: bool,
     ) -> None:
-        t, w = self.trainer, self.writer
+        t, w = self.trainer.logging, self.writer
         if t.view_epoch:
             w.add_scalars(
                 "loss/epoch",

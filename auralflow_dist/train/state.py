@@ -1,30 +1,18 @@
 """What a training checkpoint holds, beside the model: enough to continue exactly.
 
-A checkpoint directory = the model (``model.json`` + ``weights.pt``), the optimizer, the LR
-scheduler with the early-stopping counters, the grad scaler, and ``state.json`` (epoch, global
-step, best score, per-epoch history). Everything loads with ``weights_only=True``.
+A checkpoint directory (its layout is `auralflow_dist.session`'s) = the model, the optimizer,
+the LR scheduler with the early-stopping counters, the grad scaler, and ``state.json`` (epoch,
+global step, best score, per-epoch history). Any storage URL holds one; every file is written
+atomically and every tensor file loads with ``weights_only=True``.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from auralflow_dist import storage
+from auralflow_dist import session
 from auralflow_dist.models.mask_model import SpectrogramMaskModel
-
-STATE_FILE = "state.json"
-CHECKPOINT_FILES = (
-    "model.json",
-    "weights.pt",
-    "optimizer.pt",
-    "scheduler.pt",
-    "grad_scaler.pt",
-    STATE_FILE,
-)
 
 
 @dataclass
@@ -37,24 +25,12 @@ class LoopState:
 
 
 def save(directory: str, model: SpectrogramMaskModel, state: LoopState) -> None:
-    """Write a full training checkpoint into a local directory (Ray uploads it)."""
+    """Write a full training checkpoint into ``directory`` (any storage URL); state.json last."""
     model.save(state.global_step, directory=directory)
-    with open(os.path.join(directory, STATE_FILE), "w") as f:
-        json.dump(asdict(state), f)
+    session.write_state(directory, asdict(state))
 
 
 def load(directory: str, model: SpectrogramMaskModel) -> LoopState:
+    """Load a full training checkpoint from ``directory`` (any storage URL) into ``model``."""
     model.load(0, directory=directory)
-    with open(os.path.join(directory, STATE_FILE)) as f:
-        return LoopState(**json.load(f))
-
-
-def load_url(url: str, model: SpectrogramMaskModel) -> LoopState:
-    """Load a checkpoint directory that lives at any storage URL."""
-    with tempfile.TemporaryDirectory() as tmp:
-        for name in CHECKPOINT_FILES:
-            source = storage.join(url, name)
-            if storage.exists(source):
-                with open(os.path.join(tmp, name), "wb") as f:
-                    f.write(storage.read_bytes(source))
-        return load(tmp, model)
+    return LoopState(**session.read_state(directory))

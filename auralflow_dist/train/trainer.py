@@ -23,10 +23,11 @@ import ray.train
 from ray.train.torch import TorchTrainer
 
 from auralflow_dist import allocator, observability, storage
-from auralflow_dist.config import ModelConfig, TrainerConfig
-from auralflow_dist.data import manifest, pipeline
+from auralflow_dist.config import ModelConfig, TrainerConfig, to_dict
+from auralflow_dist.data import pipeline
+from auralflow_dist.data.manifest import load_manifest
 from auralflow_dist.errors import AuralflowError, ConfigError
-from auralflow_dist.session import write_trainer_config
+from auralflow_dist.session import BEST, write_trainer_config
 from auralflow_dist.train.loop import STATUS_FILE, train_loop_per_worker
 
 RUN_FILE = "train_run.json"
@@ -49,22 +50,8 @@ class TrainResult:
             f"(val loss {self.best_val_loss:.4f}); last val SI-SDR "
             f"{m.get('val_si_sdr', float('nan')):+.2f} dB vs mixture "
             f"{m.get('val_si_sdr_mixture', float('nan')):+.2f} dB; "
-            f"best model in {storage.join(self.session, 'best')}"
+            f"best model in {storage.join(self.session, BEST)}"
         )
-
-
-def load_manifest(dataset_url: str) -> pa.Table:
-    """A prepared manifest (the URL itself, or the dataset's ``manifest.parquet``), else a scan."""
-    if dataset_url.endswith(".parquet"):
-        return manifest.read_manifest(dataset_url)
-    storage.check_readable(dataset_url)
-    prepared = storage.join(dataset_url, manifest.MANIFEST_NAME)
-    if storage.exists(prepared):
-        return manifest.read_manifest(prepared)
-    result = manifest.scan(dataset_url)
-    for problem in result.problems:
-        print(f"[train] skipped {problem}", flush=True)
-    return result.table
 
 
 def _run_name(session: str, resume: bool) -> str:
@@ -76,18 +63,20 @@ def _run_name(session: str, resume: bool) -> str:
     return name
 
 
-def _run_config(session: str, run: str, trainer: TrainerConfig) -> ray.train.RunConfig:
-    fs, path = storage.to_pyarrow_fs(storage.join(trainer.storage or session, "checkpoints"))
+def make_run_config(session: str, run: str, trainer: TrainerConfig) -> ray.train.RunConfig:
+    fs, path = storage.to_pyarrow_fs(
+        storage.join(trainer.cluster.storage or session, "checkpoints")
+    )
     return ray.train.RunConfig(
         name=run,
         # Our own per-epoch line says what matters; Ray Train's per-report INFO lines drown it.
         logging_config=ray.train.LoggingConfig(log_level="WARNING"),
         storage_path=path,
         storage_filesystem=fs,
-        failure_config=ray.train.FailureConfig(max_failures=trainer.max_failures),
+        failure_config=ray.train.FailureConfig(max_failures=trainer.cluster.max_failures),
         worker_runtime_env=allocator.worker_runtime_env(),
         checkpoint_config=ray.train.CheckpointConfig(
-            num_to_keep=trainer.keep_checkpoints,
+            num_to_keep=trainer.cluster.keep_checkpoints,
             checkpoint_score_attribute="val_loss",
             checkpoint_score_order="min",
         ),
@@ -95,16 +84,17 @@ def _run_config(session: str, run: str, trainer: TrainerConfig) -> ray.train.Run
 
 
 def _scaling(trainer: TrainerConfig) -> ray.train.ScalingConfig:
+    cluster = trainer.cluster
     workers: int | tuple[int, int] = (
-        trainer.workers_max
-        if trainer.workers_min == trainer.workers_max
-        else (trainer.workers_min, trainer.workers_max)
+        cluster.workers_max
+        if cluster.workers_min == cluster.workers_max
+        else (cluster.workers_min, cluster.workers_max)
     )
-    resources = {"CPU": trainer.cpus_per_worker}
-    if trainer.gpus_per_worker > 0:
-        resources["GPU"] = trainer.gpus_per_worker
+    resources = {"CPU": cluster.cpus_per_worker}
+    if cluster.gpus_per_worker > 0:
+        resources["GPU"] = cluster.gpus_per_worker
     return ray.train.ScalingConfig(
-        num_workers=workers, use_gpu=trainer.gpus_per_worker > 0, resources_per_worker=resources
+        num_workers=workers, use_gpu=cluster.gpus_per_worker > 0, resources_per_worker=resources
     )
 
 
@@ -171,13 +161,14 @@ def train(
     With ``metrics_port`` the driver serves the per-epoch metrics on ``/metrics``; with
     ``pushgateway`` it pushes them there after every epoch.
     """
-    per_epoch = trainer.max_samples // trainer.workers_max
-    if trainer.batch_size > per_epoch:
+    data, workers = trainer.data, trainer.cluster.workers_max
+    per_epoch = data.max_samples // workers
+    if data.batch_size > per_epoch:
         raise ConfigError(
             "batch_size",
-            f"{trainer.batch_size} is larger than the {per_epoch} "
-            f"chunks each of {trainer.workers_max} worker(s) gets per epoch "
-            f"(--max-samples {trainer.max_samples}): no batch would be full",
+            f"{data.batch_size} is larger than the {per_epoch} "
+            f"chunks each of {workers} worker(s) gets per epoch "
+            f"(--max-samples {data.max_samples}): no batch would be full",
         )
     table = load_manifest(dataset_url)
     write_trainer_config(session, trainer)
@@ -239,12 +230,12 @@ def run_training(
     }
     loop_config = {
         "model": asdict(model_config),
-        "trainer": asdict(trainer),
+        "trainer": to_dict(trainer),
         "session": session,
         "clock": clock_name,
         "init_from": init_from,
     }
-    run_config = _run_config(session, run, trainer)
+    run_config = make_run_config(session, run, trainer)
     run_config.callbacks = list(callbacks)
     torch_trainer = TorchTrainer(
         train_loop_per_worker,

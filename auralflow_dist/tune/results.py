@@ -7,7 +7,6 @@ row with its reason, not a silence), ``metric_per_trial.png`` the metric over ep
 
 from __future__ import annotations
 
-import io
 import math
 import re
 from collections.abc import Sequence
@@ -15,20 +14,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import matplotlib.pyplot as plt
-import pandas as pd
 from matplotlib.ticker import MaxNLocator
 from ray.tune import ExperimentAnalysis, ResultGrid
 
-from auralflow_dist import storage
+from auralflow_dist import storage, tables
 from auralflow_dist.config import ModelConfig, TrainerConfig
-from auralflow_dist.session import write_model_config, write_trainer_config
+from auralflow_dist.session import BEST, write_model_config, write_trainer_config
 from auralflow_dist.tune.space import Space
-from auralflow_dist.visualize import _png
+from auralflow_dist.visualize import figure_png
 
 RESULTS_CSV = "results.csv"
 RESULTS_PARQUET = "results.parquet"
 PLOT = "metric_per_trial.png"
-BEST = "best"
 STATUSES = ("ok", "stopped", "errored")
 _OWN_ERROR = re.compile(r"auralflow_dist\.errors\.\w+: ")
 
@@ -102,28 +99,31 @@ def best_outcome(found: Sequence[TrialOutcome], mode: str) -> TrialOutcome | Non
     return pick(scored, key=lambda o: o.best)
 
 
-def table(found: Sequence[TrialOutcome], space: Space, metric: str, mode: str) -> pd.DataFrame:
+def table(
+    found: Sequence[TrialOutcome], space: Space, metric: str, mode: str
+) -> list[dict[str, Any]]:
     """One row per trial, best first, errored last; swept values as ``section.field`` columns."""
     sign = -1 if mode == "max" else 1
 
     def order(o: TrialOutcome) -> tuple:
         return (o.status == "errored", o.best is None, sign * (o.best or 0.0), o.trial_id)
 
-    rows = [
+    return [
         {
             "trial_id": o.trial_id,
             "status": o.status,
-            "epochs": o.epochs,
-            f"final_{metric}": o.final,
-            f"best_{metric}": o.best,
+            "epochs": int(o.epochs),
+            f"final_{metric}": _number(o.final),
+            f"best_{metric}": _number(o.best),
             **space.flat(o.config),
             "error": o.error,
         }
         for o in sorted(found, key=order)
     ]
-    # Object columns keep swept integers integers when some trial lacks a value.
-    frame = pd.DataFrame(rows, dtype=object)
-    return frame.astype({"epochs": int, f"final_{metric}": float, f"best_{metric}": float})
+
+
+def _number(value: float | None) -> float | None:
+    return None if value is None else float(value)
 
 
 def plot(found: Sequence[TrialOutcome], metric: str, best: str | None) -> bytes:
@@ -149,7 +149,7 @@ def plot(found: Sequence[TrialOutcome], metric: str, best: str | None) -> bytes:
     if 0 < len(drawn) <= 20:
         ax.legend(fontsize=7)
     ax.set_title(f"{metric} per trial")
-    return _png(fig)
+    return figure_png(fig)
 
 
 def write_results(
@@ -161,12 +161,12 @@ def write_results(
     best: str | None,
 ) -> str:
     """Write the table (CSV and Parquet) and the plot; returns the CSV's URL."""
-    frame = table(found, space, metric, mode)
     csv_url = storage.join(sweep_url, RESULTS_CSV)
-    storage.write_bytes(csv_url, frame.to_csv(index=False).encode())
-    buffer = io.BytesIO()
-    frame.to_parquet(buffer, index=False)
-    storage.write_bytes(storage.join(sweep_url, RESULTS_PARQUET), buffer.getvalue())
+    tables.write_rows(
+        csv_url,
+        table(found, space, metric, mode),
+        parquet_url=storage.join(sweep_url, RESULTS_PARQUET),
+    )
     storage.write_bytes(storage.join(sweep_url, PLOT), plot(found, metric, best))
     return csv_url
 

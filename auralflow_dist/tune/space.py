@@ -16,11 +16,9 @@ fail their own trial at its start, recorded in the results.
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
 import itertools
 import json
-import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -29,7 +27,7 @@ import yaml
 from ray import tune
 
 from auralflow_dist import storage
-from auralflow_dist.config import ModelConfig, TrainerConfig, _coerce, from_dict
+from auralflow_dist.config import ModelConfig, TrainerConfig, coerce, leaves, replace
 from auralflow_dist.errors import ConfigError
 
 DISTRIBUTIONS = ("choice", "grid", "uniform", "loguniform", "randint")
@@ -138,8 +136,7 @@ class Space:
 
 
 def _apply(config: Any, values: Mapping[str, Any]) -> Any:
-    merged = {**dataclasses.asdict(config), **{k: _plain(v) for k, v in values.items()}}
-    return from_dict(type(config), merged)
+    return replace(config, **{k: _plain(v) for k, v in values.items()})
 
 
 def _plain(value: Any) -> Any:
@@ -174,20 +171,18 @@ def _resolve(name: str, source: str) -> tuple[str, str]:
             raise ConfigError(
                 name, f"unknown section {section!r}: use model., trainer. or data. (in {source})"
             )
-        names = [f.name for f in dataclasses.fields(SECTIONS[section])]
+        names = list(leaves(SECTIONS[section]))
         if field not in names:
             raise ConfigError(
                 name,
                 f"unknown {SECTIONS[section].__name__} field{_suggest(field, names)} (in {source})",
             )
         return ("model" if section == "model" else "trainer"), field
-    found = [
-        s for s in ("model", "trainer") if name in {f.name for f in dataclasses.fields(SECTIONS[s])}
-    ]
+    found = [s for s in ("model", "trainer") if name in leaves(SECTIONS[s])]
     if len(found) > 1:
         raise ConfigError(name, f"ambiguous: write model.{name} or trainer.{name} (in {source})")
     if not found:
-        names = [f.name for s in ("model", "trainer") for f in dataclasses.fields(SECTIONS[s])]
+        names = [n for s in ("model", "trainer") for n in leaves(SECTIONS[s])]
         raise ConfigError(name, f"unknown field{_suggest(name, names)} (in {source})")
     return found[0], name
 
@@ -200,7 +195,7 @@ def _suggest(name: str, names: list[str]) -> str:
 def _coerced(name: str, value: Any, kind: Any, source: str) -> Any:
     """``value`` converted like a JSON config value, the error naming the space file."""
     try:
-        return _coerce(name, value, kind)
+        return coerce(name, value, kind)
     except ConfigError as err:
         raise ConfigError(name, f"{err.reason} (in {source})") from None
 
@@ -216,7 +211,7 @@ def _param(name: str, spec: Any, source: str) -> Param:
             f"{', '.join(DISTRIBUTIONS)}, got {spec!r} (in {source})",
         )
     ((distribution, values),) = spec.items()
-    kind = typing.get_type_hints(SECTIONS[section])[field]
+    kind = leaves(SECTIONS[section])[field].kind
     if not isinstance(values, list | tuple) or not values:
         raise ConfigError(name, f"{distribution} needs a non-empty list (in {source})")
     if distribution in ("choice", "grid"):

@@ -26,108 +26,26 @@ from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
 
 from auralflow_dist import storage
 from auralflow_dist.config import (
-    MODEL_TYPES,
     ModelConfig,
+    SweepConfig,
     TrainerConfig,
-    _require,
     from_dict,
     replace,
+    require,
     to_json,
 )
+from auralflow_dist.data.manifest import load_manifest
 from auralflow_dist.errors import AuralflowError, ConfigError
 from auralflow_dist.runtime import connect
 from auralflow_dist.session import MODEL_JSON, read_model_config, read_trainer_config
-from auralflow_dist.train.trainer import load_manifest
 from auralflow_dist.tune import results
 from auralflow_dist.tune.space import Space, parse_space, read_space
 from auralflow_dist.tune.trial import KEEP_HANDOVERS, TrialDriver, TrialSetup
 
-SCHEDULERS = ("asha", "pbt", "fifo")
-SEARCHES = ("random", "grid", "optuna")
-# What the training loop reports, with the direction that is better.
-METRICS = {"val_si_sdr": "max", "val_si_sdri": "max", "val_loss": "min", "train_loss": "min"}
 SWEEP_JSON = "sweep.json"
 EXPERIMENT = "tune"
 # The trial driver only starts and watches a Train run; Tune needs a non-zero request.
 DRIVER_CPUS = 0.01
-
-
-@dataclass
-class SweepConfig:
-    """One ``auralflow tune`` invocation. ``max_concurrent`` 0: as many trials as fit the cluster;
-    ``max_epochs`` None and ``mode`` None: the base trainer's epochs and the metric's direction."""
-
-    sweep_url: str
-    dataset_url: str
-    space: str | None = None
-    num_samples: int = 4
-    scheduler: str = "asha"
-    search: str = "random"
-    metric: str = "val_si_sdr"
-    mode: str | None = None
-    max_concurrent: int = 0
-    workers_per_trial: int = 1
-    gpus_per_worker: float = 0.0
-    max_epochs: int | None = None
-    grace_period: int = 1
-    perturbation_interval: int = 1
-    seed: int = 0
-    base: str | None = None
-    model_type: str | None = None
-    resume: bool = False
-    address: str | None = None
-
-    def validate(self) -> SweepConfig:
-        _require(bool(self.sweep_url), "sweep_url", "must not be empty")
-        _require(bool(self.dataset_url), "dataset_url", "must not be empty")
-        _require(
-            self.scheduler in SCHEDULERS,
-            "scheduler",
-            f"unknown scheduler {self.scheduler!r} (choose from {', '.join(SCHEDULERS)})",
-        )
-        _require(
-            self.search in SEARCHES,
-            "search",
-            f"unknown search {self.search!r} (choose from {', '.join(SEARCHES)})",
-        )
-        _require(
-            self.metric in METRICS,
-            "metric",
-            f"unknown metric {self.metric!r} (choose from {', '.join(METRICS)})",
-        )
-        if self.mode is None:
-            self.mode = METRICS[self.metric]
-        _require(
-            self.mode == METRICS[self.metric],
-            "mode",
-            f"{self.metric} is better when {'higher' if METRICS[self.metric] == 'max' else 'lower'}:"
-            f" use {METRICS[self.metric]}",
-        )
-        for name in ("num_samples", "workers_per_trial", "grace_period", "perturbation_interval"):
-            _require(getattr(self, name) >= 1, name, "must be at least 1")
-        _require(self.max_concurrent >= 0, "max_concurrent", "must not be negative (0: auto)")
-        _require(self.gpus_per_worker >= 0, "gpus_per_worker", "must not be negative")
-        _require(
-            self.max_epochs is None or self.max_epochs >= 1, "max_epochs", "must be at least 1"
-        )
-        _require(self.seed >= 0, "seed", "must not be negative")
-        _require(
-            self.model_type is None or self.model_type in MODEL_TYPES,
-            "model_type",
-            f"unknown model {self.model_type!r} (choose from {', '.join(MODEL_TYPES)})",
-        )
-        if self.scheduler == "pbt" and self.search == "optuna":
-            raise ConfigError(
-                "search",
-                "optuna cannot steer a pbt sweep (PBT rewrites trial "
-                "configs as it goes): use random or grid",
-            )
-        return self
-
-    @property
-    def reserved_cpus(self) -> float:
-        """CPUs a local Ray must announce for the trials to start (one per worker)."""
-        return max(1, self.max_concurrent) * self.workers_per_trial
 
 
 @dataclass
@@ -269,10 +187,10 @@ def _new_plan(sweep: SweepConfig) -> _Plan:
     if sweep.scheduler == "pbt":
         space.mutations()  # raises where nothing can mutate
     space.param_space(sweep.search)  # raises where the search cannot take the space
-    _require(
-        sweep.grace_period <= trainer.max_epochs,
+    require(
+        sweep.grace_period <= trainer.optim.max_epochs,
         "grace_period",
-        f"must not exceed the trials' {trainer.max_epochs} epochs",
+        f"must not exceed the trials' {trainer.optim.max_epochs} epochs",
     )
     return _Plan(sweep, space, model, trainer)
 
@@ -291,7 +209,7 @@ def _base_configs(sweep: SweepConfig) -> tuple[ModelConfig, TrainerConfig]:
         workers_min=sweep.workers_per_trial,
         workers_max=sweep.workers_per_trial,
         gpus_per_worker=sweep.gpus_per_worker,
-        max_epochs=sweep.max_epochs or trainer.max_epochs,
+        max_epochs=sweep.max_epochs or trainer.optim.max_epochs,
         storage=None,
     )
     return model, trainer
@@ -349,7 +267,7 @@ def _scheduler(plan: _Plan) -> Any:
     if s.scheduler == "asha":
         return ASHAScheduler(
             time_attr="epoch",
-            max_t=plan.trainer.max_epochs,
+            max_t=plan.trainer.optim.max_epochs,
             grace_period=s.grace_period,
             reduction_factor=2,
         )
@@ -371,7 +289,9 @@ def _concurrency(plan: _Plan) -> int:
     s, trainer = plan.sweep, plan.trainer
     fits = s.max_concurrent
     if not fits:
-        need = {"CPU": s.workers_per_trial * trainer.cpus_per_worker + trainer.decode_cpus}
+        need = {
+            "CPU": s.workers_per_trial * trainer.cluster.cpus_per_worker + trainer.data.decode_cpus
+        }
         if s.gpus_per_worker > 0:
             need["GPU"] = s.workers_per_trial * s.gpus_per_worker
         have = ray.cluster_resources()
@@ -388,7 +308,7 @@ def _concurrency(plan: _Plan) -> int:
 
 def _summarise(plan: _Plan, grid: ray.tune.ResultGrid) -> SweepSummary:
     s = plan.sweep
-    found = results.outcomes(grid, s.metric, s.mode, plan.trainer.max_epochs)
+    found = results.outcomes(grid, s.metric, s.mode, plan.trainer.optim.max_epochs)
     best = results.best_outcome(found, s.mode)
     best_url = None
     if best is not None:

@@ -184,7 +184,7 @@ class TrialDriver(ray.tune.Trainable):
             )
         self._finished = (
             ended
-            or metrics.get("epoch", 0) >= self._trainer.max_epochs
+            or metrics.get("epoch", 0) >= self._trainer.optim.max_epochs
             or bool(metrics.get("stopped_early"))
         )
         return {**metrics, "done": self._finished}

@@ -1,16 +1,19 @@
-"""Separation of a signal that arrives block by block, equal to one ``separate()`` on the whole.
+"""The separation engine: any length of audio, block by block, through a window estimator.
 
-`SpectrogramMaskModel.separate` resamples the whole file to the model's rate, cuts it into
-windows (`frame_signal`), separates them and blends them back (`overlap_add`), then resamples
-back. Each of those steps only looks a bounded distance ahead, so each has a streaming twin here
-that emits a sample as soon as every input it depends on has arrived:
+Every separation path runs through `SeparationEngine`: the bulk job pushes decoded blocks as they
+arrive, and a whole tensor (``Separator.separate``, evaluation) is one push and a finish. The
+steps, each looking only a bounded distance ahead so that a sample is emitted as soon as every
+input it depends on has arrived:
 
-- `StreamResampler`: torchaudio's sinc resampler is an FIR filter applied once per period of
-  ``orig / gcd`` input samples; a block of whole periods with enough real context on both sides
-  gives exactly the output samples the whole-signal call gives.
-- `WindowStream`: windows are cut on the same grid as `frame_signal`; a sample is blended (with
-  `overlap_add`, so with the same weights) once the last window covering it is separated, and
-  windows are kept only while they still cover samples not yet emitted.
+1. `StreamResampler` to the model's rate: torchaudio's sinc resampler is an FIR filter applied
+   once per period of ``orig / gcd`` input samples, so a block of whole periods with enough real
+   context on both sides gives exactly the samples the whole-signal call gives.
+2. `WindowStream`: windows on `frame_signal`'s grid, separated in batches, blended with
+   `overlap_add`'s weights (a partition of unity) once the last window covering a sample is in.
+3. `channel_estimator`: the channel rules (a mono model takes every channel on its own; a stereo
+   model takes stereo as it is, any other count as each channel duplicated to stereo and averaged
+   back).
+4. Back to the input's rate, then the residual (mixture minus target), then the output rate.
 
 Memory is bounded by the block size plus one window, however long the file.
 """
@@ -23,14 +26,10 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from auralflow_dist.audio import resample
+from auralflow_dist.audio.convert import resample, resampling_context
 from auralflow_dist.audio.windowing import num_frames, overlap_add
-from auralflow_dist.models.mask_model import SpectrogramMaskModel
 
-# torchaudio's default resampling kernel: sinc with 6 zero crossings, cut off at 0.99 Nyquist.
-_LOWPASS_WIDTH = 6
-_ROLLOFF = 0.99
-
+# Windows (count, channels, samples) -> estimates of the same shape.
 Estimator = Callable[[torch.Tensor], torch.Tensor]
 
 
@@ -41,10 +40,7 @@ class StreamResampler:
         self.orig_sr, self.new_sr = orig_sr, new_sr
         g = math.gcd(orig_sr, new_sr)
         self.period, self.out_period = orig_sr // g, new_sr // g
-        base = min(self.period, self.out_period) * _ROLLOFF
-        reach = math.ceil(_LOWPASS_WIDTH * self.period / base)
-        # Whole periods (so the filter phases line up), twice the kernel's reach to be safe.
-        self.context = self.period * math.ceil(2 * reach / self.period)
+        self.context = resampling_context(orig_sr, new_sr)
         # Input from global index `done - context`; the whole-signal call zero-pads the start.
         self.pending = torch.zeros((channels, self.context), device=device)
         self.done = 0  # input samples (whole periods) whose output has been emitted
@@ -143,51 +139,54 @@ class WindowStream:
         return out
 
 
-def window_estimator(model: SpectrogramMaskModel, batch_size: int) -> Estimator:
-    """Separate windows ``(K, channels, window)`` with the channel rules of ``separate()``.
+def channel_estimator(estimate: Estimator, model_channels: int) -> Estimator:
+    """Windows of any channel count through a network of ``model_channels`` (1 or 2).
 
-    A mono model separates every channel on its own; a stereo model takes stereo as it is and
-    any other channel count as each channel duplicated to stereo, averaged back afterwards.
-    Windows of all channel groups share batches.
+    Windows of all channel groups share one call, so they share batches.
     """
-    want = model.config.num_channels
-    run = model.estimate_windows
 
-    def estimate(frames: torch.Tensor) -> torch.Tensor:
+    def run(frames: torch.Tensor) -> torch.Tensor:
         count, channels, window = frames.shape
-        if want == 1:
-            return run(frames.reshape(count * channels, 1, window), batch_size).reshape(
-                frames.shape
-            )
+        if model_channels == 1:
+            return estimate(frames.reshape(count * channels, 1, window)).reshape(frames.shape)
         if channels == 2:
-            return run(frames, batch_size)
+            return estimate(frames)
         stereo = frames.reshape(count * channels, 1, window).expand(-1, 2, -1)
-        return run(stereo, batch_size).mean(dim=1).reshape(frames.shape)
+        return estimate(stereo).mean(dim=1).reshape(frames.shape)
 
-    return estimate
+    return run
 
 
-class StreamingSeparation:
-    """Input blocks at the file's rate in, (target, residual) blocks at the output rate out."""
+class SeparationEngine:
+    """Input blocks at the file's rate in, (target, residual) blocks at the output rate out.
+
+    ``estimate`` separates windows of ``window`` samples with ``model_channels`` channels at
+    ``model_rate``; everything else (rates, channel counts, overlap) is handled here.
+    """
 
     def __init__(
         self,
-        model: SpectrogramMaskModel,
+        estimate: Estimator,
+        *,
+        model_rate: int,
+        model_channels: int,
+        window: int,
         sample_rate: int,
         channels: int,
-        output_rate: int,
         padding: int,
-        batch_size: int,
+        output_rate: int | None = None,
+        device: torch.device | str = "cpu",
     ) -> None:
-        model_rate = model.config.sample_rate
-        device = self.device = model.device
+        device = self.device = torch.device(device)
         self.channels = channels
         self.to_model = StreamResampler(sample_rate, model_rate, channels, device)
         self.windows = WindowStream(
-            window_estimator(model, batch_size), model.config.num_samples, padding, channels, device
+            channel_estimator(estimate, model_channels), window, padding, channels, device
         )
         self.from_model = StreamResampler(model_rate, sample_rate, channels, device)
-        self.to_output = StreamResampler(sample_rate, output_rate, 2 * channels, device)
+        self.to_output = StreamResampler(
+            sample_rate, output_rate or sample_rate, 2 * channels, device
+        )
         self.mixture = torch.zeros((channels, 0), device=device)  # input not yet matched
 
     def push(self, block: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -198,7 +197,7 @@ class StreamingSeparation:
         return self._emit(self.to_output.push(self._pair(target)))
 
     def finish(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The remaining samples, so the outputs are as long as ``separate()``'s."""
+        """The remaining samples: the outputs are as long as the input (at the output rate)."""
         model_side = self.windows.push(self.to_model.finish())
         model_side = torch.cat([model_side, self.windows.finish()], dim=-1)
         target = self.from_model.push(model_side)
@@ -206,9 +205,14 @@ class StreamingSeparation:
         pair = self.to_output.push(self._pair(target))
         return self._emit(torch.cat([pair, self.to_output.finish()], dim=-1))
 
+    def run(self, audio: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """A whole signal ``(channels, samples)``: one push and the finish."""
+        parts = [self.push(audio), self.finish()]
+        return tuple(torch.cat([p[i] for p in parts], dim=-1) for i in (0, 1))  # type: ignore[return-value]
+
     def _pair(self, target: torch.Tensor) -> torch.Tensor:
         """Target over residual (mixture - target) for the input samples the target covers."""
-        # The model side runs a few samples past the input's end; separate() trims them.
+        # The model side runs a few samples past the input's end (resampling rounds up).
         target = target[:, : self.mixture.shape[-1]]
         n = target.shape[-1]
         pair = torch.cat([target, self.mixture[:, :n] - target])

@@ -15,6 +15,7 @@ from auralflow_dist import audio
 from auralflow_dist.audio.engine import SeparationEngine, StreamResampler, channel_estimator
 from auralflow_dist.audio.windowing import frame_signal, overlap_add
 from auralflow_dist.config import ModelConfig
+from auralflow_dist.errors import AudioError
 from auralflow_dist.models.separator import Separator
 
 RATE = 16000
@@ -116,6 +117,17 @@ def test_stream_and_whole_tensor_equal_the_reference(
     assert (whole - want).abs().max() < TOL
 
 
+def test_a_whole_signal_fills_its_batches_as_frame_signal_does() -> None:
+    """One call per full batch: a recurrent network's cost is per call more than per window."""
+    sep = separator()
+    calls: list[int] = []
+    sep.network.register_forward_hook(lambda _m, args, _out: calls.append(args[0].shape[0]))
+    x = torch.rand(1, RATE * 5) - 0.5  # 12 windows of 0.5 s with 200 samples of overlap
+    count = frame_signal(x, sep.config.num_samples, sep.config.num_samples - 200)[1]
+    sep.separate(x, batch_size=8)
+    assert calls == [8, count - 8]
+
+
 def test_output_rate_is_the_resampled_target() -> None:
     sep = separator()
     x = torch.rand(2, 44100) - 0.5
@@ -138,3 +150,13 @@ def test_channel_rules_share_one_call_per_batch_of_windows() -> None:
     torch.testing.assert_close(channel_estimator(record, 1)(frames), frames * 0.5)
     torch.testing.assert_close(channel_estimator(record, 2)(frames), frames * 0.5)
     assert calls == [(12, 1, 100), (12, 2, 100)]
+
+
+def test_a_rate_pair_with_a_huge_resampling_kernel_fails_at_set_up() -> None:
+    # 44100 and 44101 Hz share no factor: the first block would build a 7.8 GB kernel.
+    with pytest.raises(AudioError, match="cannot resample 44100 Hz to 44101 Hz"):
+        StreamResampler(44100, 44101, 2, torch.device("cpu"))
+    with pytest.raises(AudioError, match="cannot resample 16000 Hz to 44101 Hz"):
+        separator().engine(RATE, 1, output_rate=44101)
+    with pytest.raises(AudioError, match="cannot resample 44101 Hz to 16000 Hz"):
+        separator().engine(44101, 1)

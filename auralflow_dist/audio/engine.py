@@ -1,9 +1,9 @@
 """The separation engine: any length of audio, block by block, through a window estimator.
 
 Every separation path runs through `SeparationEngine`: the bulk job pushes decoded blocks as they
-arrive, and a whole tensor (``Separator.separate``, evaluation) is one push and a finish. The
-steps, each looking only a bounded distance ahead so that a sample is emitted as soon as every
-input it depends on has arrived:
+arrive, and a whole tensor (``Separator.separate``, evaluation) is the finish of a stream of
+one block. The steps, each looking only a bounded distance ahead so that a sample is emitted as
+soon as every input it depends on has arrived:
 
 1. `StreamResampler` to the model's rate: torchaudio's sinc resampler is an FIR filter applied
    once per period of ``orig / gcd`` input samples, so a block of whole periods with enough real
@@ -107,8 +107,13 @@ class WindowStream:
         # Samples before the next window's start lie in no window still to come.
         return self._blend(self.next_window * self.hop - self.padding)
 
-    def finish(self) -> torch.Tensor:
-        """The rest: the last windows see zeros past the end, as in `frame_signal`."""
+    def finish(self, x: torch.Tensor | None = None) -> torch.Tensor:
+        """The rest, after a last block ``x``: the last windows see zeros past the end, as in
+        `frame_signal`. Every window not yet separated goes in one call, so a whole signal given
+        here at once fills its batches as `frame_signal` would."""
+        if x is not None:
+            self.buffer = torch.cat([self.buffer, x], dim=-1)
+            self.received += x.shape[-1]
         count = num_frames(self.received, self.window, self.hop)
         need = (count - self.next_window - 1) * self.hop + self.window - self.buffer.shape[-1]
         self.buffer = F.pad(self.buffer, (0, max(need, 0)))
@@ -196,19 +201,20 @@ class SeparationEngine:
         target = self.from_model.push(self.windows.push(self.to_model.push(x)))
         return self._emit(self.to_output.push(self._pair(target)))
 
-    def finish(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The remaining samples: the outputs are as long as the input (at the output rate)."""
-        model_side = self.windows.push(self.to_model.finish())
-        model_side = torch.cat([model_side, self.windows.finish()], dim=-1)
-        target = self.from_model.push(model_side)
+    def finish(self, block: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The remaining samples, after a last ``block``: the outputs are as long as the input
+        (at the output rate)."""
+        x = self.mixture[:, :0] if block is None else block.to(self.device)
+        self.mixture = torch.cat([self.mixture, x], dim=-1)
+        rest = torch.cat([self.to_model.push(x), self.to_model.finish()], dim=-1)
+        target = self.from_model.push(self.windows.finish(rest))
         target = torch.cat([target, self.from_model.finish()], dim=-1)
         pair = self.to_output.push(self._pair(target))
         return self._emit(torch.cat([pair, self.to_output.finish()], dim=-1))
 
     def run(self, audio: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """A whole signal ``(channels, samples)``: one push and the finish."""
-        parts = [self.push(audio), self.finish()]
-        return tuple(torch.cat([p[i] for p in parts], dim=-1) for i in (0, 1))  # type: ignore[return-value]
+        """A whole signal ``(channels, samples)``: the finish of a stream of one block."""
+        return self.finish(audio)
 
     def _pair(self, target: torch.Tensor) -> torch.Tensor:
         """Target over residual (mixture - target) for the input samples the target covers."""

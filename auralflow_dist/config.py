@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -118,9 +119,14 @@ def coerce(name: str, value: Any, kind: Any) -> Any:
         if isinstance(value, bool):
             raise ConfigError(name, f"expected a number, got {value!r}")
         try:
-            return float(value)
+            number = float(value)
         except (TypeError, ValueError):
             raise ConfigError(name, f"expected a number, got {value!r}") from None
+        # "inf", "nan" and JSON's Infinity/NaN parse as floats; inf passes every `> 0` check and
+        # NaN every `< 0` one, and no setting means either.
+        if not math.isfinite(number):
+            raise ConfigError(name, f"must be a finite number, got {number}")
+        return number
     if kind is str:
         if not isinstance(value, str):
             raise ConfigError(name, f"expected a string, got {value!r}")
@@ -336,6 +342,24 @@ class ModelConfig:
         require(self.recurrent_depth > 0, "recurrent_depth", "must be positive")
         require(self.hidden_size > 0, "hidden_size", "must be positive")
         require(self.input_axis in (0, 1), "input_axis", "must be 0 (frequency) or 1 (time)")
+        # Upper bounds, each far above any model this project trains (defaults: 16 channels, 3 s,
+        # FFT 1024, 3 LSTM layers of 1024). Without them a typo or a hostile model.json
+        # (hidden_size 1e9) builds the network or its windows, and dies of an out-of-memory kill
+        # instead of a message.
+        for name, bound, why in (
+            ("hidden_channels", 1024, "the U-Nets double it per layer, to 32x at the bottom"),
+            ("sample_length", 60, "seconds per window; a batch holds batch_size of them"),
+            ("num_fft", 65536, "1.5 s per STFT frame at 44.1 kHz"),
+            ("recurrent_depth", 16, "LSTM layers"),
+            ("hidden_size", 16384, "4 * 16384**2 LSTM weights per layer and direction already"),
+        ):
+            value = getattr(self, name)
+            require(
+                value <= bound,
+                name,
+                f"must be at most {bound} ({why}; larger would allocate absurd memory), "
+                f"got {value:g}",
+            )
         return self
 
 

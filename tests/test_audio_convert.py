@@ -1,9 +1,24 @@
+import contextlib
+import itertools
+import math
+import time
+
 import numpy as np
 import pytest
 import torch
+from torchaudio.functional.functional import _get_sinc_resample_kernel
 
-from auralflow_dist.audio import resample, to_channels
-from auralflow_dist.errors import ConfigError
+from auralflow_dist.audio import resample, resampling_context, to_channels
+from auralflow_dist.audio.convert import (
+    MAX_KERNEL_ELEMENTS,
+    check_resampling,
+    resampling_kernel_elements,
+)
+from auralflow_dist.errors import AudioError, ConfigError
+
+STANDARD_RATES = (
+    8000, 11025, 16000, 22050, 24000, 32000, 44100, 48000, 88200, 96000, 176400, 192000,
+)  # fmt: skip
 
 
 def sine(freq: float, sr: int, seconds: float = 0.5) -> np.ndarray:
@@ -43,3 +58,64 @@ def test_to_channels():
         to_channels(stereo, 3)
     with pytest.raises(ConfigError, match="num_channels"):
         to_channels(stereo, 0)
+
+
+@contextlib.contextmanager
+def address_space_cap(extra: int):
+    """At most ``extra`` more bytes of address space (Linux), so that a regression fails with an
+    allocation error instead of taking the machine's memory."""
+    try:
+        import resource
+
+        with open("/proc/self/status") as f:
+            used = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmSize:"))
+    except (ImportError, OSError, StopIteration):
+        yield
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    cap = min(x for x in (used + extra, soft, hard) if x != resource.RLIM_INFINITY)
+    resource.setrlimit(resource.RLIMIT_AS, (cap, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+
+
+@pytest.mark.parametrize("kind", [np.asarray, torch.from_numpy])
+def test_a_rate_pair_with_a_huge_kernel_is_refused_before_any_allocation(kind):
+    # 44100 and 44101 share no factor: torchaudio would build a 44101-row kernel, 7.8 GB.
+    x = kind(np.zeros((1, 1000), np.float32))
+    start = time.monotonic()
+    with (
+        address_space_cap(1 << 30),
+        pytest.raises(AudioError, match=r"cannot resample 44100 Hz to 44101 Hz") as err,
+    ):
+        resample(x, 44100, 44101)
+    assert time.monotonic() - start < 1.0
+    message = str(err.value)
+    assert "1,945,471,514 elements (7.8 GB" in message and "standard rate" in message
+    assert len(message.splitlines()) == 1
+    with pytest.raises(AudioError, match="44101 Hz to 16000 Hz"):
+        resampling_context(44101, 16000)  # what a streaming resampler is set up with
+
+
+def test_every_pair_of_standard_rates_can_be_resampled():
+    for orig, new in itertools.permutations(STANDARD_RATES, 2):
+        check_resampling(orig, new)
+        assert resampling_kernel_elements(orig, new) < MAX_KERNEL_ELEMENTS // 16, (orig, new)
+    check_resampling(44100, 44100)
+    assert resampling_kernel_elements(44100, 44100) == 0
+
+
+@pytest.mark.parametrize(
+    ("orig", "new"),
+    [(44100, 48000), (48000, 44100), (8000, 11025), (192000, 11025), (11025, 192000), (100, 101)],
+)
+def test_kernel_size_is_torchaudios(orig, new):
+    kernel, _ = _get_sinc_resample_kernel(orig, new, math.gcd(orig, new))
+    assert kernel.numel() == resampling_kernel_elements(orig, new)
+
+
+def test_rates_must_be_positive():
+    with pytest.raises(AudioError, match="positive"):
+        check_resampling(0, 44100)

@@ -1,11 +1,15 @@
 import re
+import struct
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from test_audio_convert import address_space_cap
 
 from auralflow_dist.audio import info, read, write
+from auralflow_dist.audio.io import _check_claim, promised_frames
 from auralflow_dist.errors import AudioError, ConfigError
 
 SR = 16000
@@ -188,3 +192,99 @@ def test_write_rejects_bad_input(tmp_path):
     raw = str(tmp_path / "a.bin")
     write(raw, x[:1], SR, format="wav")
     assert info(raw).channels == 1
+
+
+# ------------------------------------------------------------------------------------------------
+# Headers that promise more than the file holds (issue 16)
+
+
+def flac_claiming(path, frames: int) -> np.ndarray:
+    """A 3 s mono FLAC whose STREAMINFO says it holds ``frames`` frames; returns its samples."""
+    x = tone(channels=1, frames=3 * SR)
+    sf.write(path, x.T, SR, subtype="PCM_16")
+    data = bytearray(path.read_bytes())
+    assert data[:4] == b"fLaC" and data[4] & 0x7F == 0  # STREAMINFO first
+    # Bytes 18..25: 20 bits of rate, 3 of channels, 5 of bits per sample, 36 of total samples.
+    (packed,) = struct.unpack(">Q", data[18:26])
+    data[18:26] = struct.pack(">Q", packed >> 36 << 36 | frames)
+    path.write_bytes(bytes(data))
+    return x
+
+
+def test_a_header_claiming_more_frames_than_the_file_can_hold_is_refused(tmp_path):
+    path = str(tmp_path / "forged.flac")
+    x = flac_claiming(
+        tmp_path / "forged.flac", 2**35
+    )  # 128 GiB of float32 if allocated by the header
+    assert info(path).frames == 2**35
+    with address_space_cap(1 << 30):
+        for frames, fill in ((-1, None), (2**35, 0.0)):  # `auralflow test` reads the latter
+            with pytest.raises(AudioError, match=re.escape(path)) as err:
+                read(path, frames=frames, fill_value=fill)
+            assert "header claims 34359738368 frames" in str(err.value)
+            assert "bytes can hold" in str(err.value)
+        # A short read allocates little whatever the header says, and gets the real samples.
+        head, _ = read(path, frames=1000)
+    np.testing.assert_allclose(head, x[:, :1000], atol=1e-4)
+
+
+def test_a_wav_whose_data_size_is_patched_reads_what_the_file_holds(tmp_path):
+    path = tmp_path / "patched.wav"
+    x = tone(channels=2, frames=3 * SR)
+    sf.write(path, x.T, SR, subtype="PCM_16")
+    data = bytearray(path.read_bytes())
+    at = data.index(b"data") + 4
+    data[at : at + 4] = struct.pack("<I", 2**31 - 1)  # 2**31 bytes of samples promised
+    path.write_bytes(bytes(data))
+    with address_space_cap(1 << 30):
+        audio, _ = read(str(path))
+        padded, _ = read(str(path), frames=3 * SR + 10, fill_value=0.0)
+    np.testing.assert_allclose(audio, x, atol=1e-4)
+    assert padded.shape == (2, 3 * SR + 10)
+
+
+def fake(format: str, subtype: str, frames: int, channels: int = 2):
+    return SimpleNamespace(
+        format=format, subtype=subtype, frames=frames, channels=channels, samplerate=SR
+    )
+
+
+def test_the_size_bound_is_exact_for_fixed_width_samples_and_loose_for_codecs(tmp_path):
+    path = tmp_path / "sized.bin"
+    with path.open("wb") as f:
+        f.truncate(2**26)  # 64 MiB, sparse
+    url = str(path)
+    _check_claim(url, fake("WAV", "PCM_16", 2**24), 2**24)  # 64 MiB of 16-bit stereo
+    _check_claim(url, fake("WAV", "PCM_16", 2**30), 10)  # only what is read counts
+    with pytest.raises(AudioError, match="header claims 16777217 frames"):
+        _check_claim(url, fake("WAV", "PCM_16", 2**24 + 1), 2**24 + 1)
+    with pytest.raises(AudioError, match="header claims"):
+        _check_claim(url, fake("WAV", "FLOAT", 2**24), 2**24)
+    # FLAC names its samples PCM_16 too, but digital silence packs ~550 samples a byte.
+    _check_claim(url, fake("FLAC", "PCM_16", 2**30), 2**30)
+    _check_claim(url, fake("OGG", "VORBIS", 2**30), 2**30)
+    with pytest.raises(AudioError, match="header claims"):
+        _check_claim(url, fake("FLAC", "PCM_16", 2**41), 2**41)
+
+
+def test_promised_frames_see_a_cut_wav_or_aiff_but_not_a_stream_header(tmp_path):
+    x = tone(channels=1, frames=3 * SR)
+    for fmt in ("WAV", "AIFF"):
+        path = tmp_path / f"cut.{fmt.lower()}"
+        sf.write(path, x.T, SR, format=fmt, subtype="PCM_16")
+        with sf.SoundFile(path) as snd:
+            assert promised_frames(snd) == snd.frames == 3 * SR
+        data = path.read_bytes()
+        path.write_bytes(data[: len(data) // 2])
+        with sf.SoundFile(path) as snd:
+            assert snd.frames < 1.6 * SR  # libsndfile counts what is left
+            assert promised_frames(snd) == pytest.approx(3 * SR, abs=10)
+    # A writer that did not know the length yet (a pipe) puts 0xFFFFFFFF: not a promise.
+    path = tmp_path / "stream.wav"
+    sf.write(path, x.T, SR, subtype="PCM_16")
+    data = bytearray(path.read_bytes())
+    at = data.index(b"data") + 4
+    data[4:8] = data[at : at + 4] = struct.pack("<I", 0xFFFFFFFF)
+    path.write_bytes(bytes(data))
+    with sf.SoundFile(path) as snd:
+        assert promised_frames(snd) == snd.frames == 3 * SR

@@ -149,6 +149,35 @@ def test_bad_workers_flag_names_the_flag(tmp_path, capsys):
     assert "--workers: expected N or MIN:MAX" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("flags", "named"),
+    [
+        (["--duration", "inf"], "--duration"),
+        (["--block-seconds", "inf"], "--block-seconds"),
+        (["--gpus-per-worker", "nan"], "--gpus-per-worker"),
+        (["--sr", "4000"], "--sr"),
+    ],
+)
+def test_separate_refuses_non_finite_and_absurd_flags_in_one_line(tmp_path, capsys, flags, named):
+    save = tmp_path / "out"
+    assert (
+        run("separate", str(tmp_path / "M"), str(tmp_path / "A"), "--save", str(save), *flags) == 2
+    )
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"error: {named}: " in err
+    assert not save.exists()
+
+
+def test_config_refuses_an_infinite_sample_length(tmp_path, capsys):
+    session = tmp_path / "s"
+    assert (
+        run("config", "SpectrogramNetSimple", "--save", str(session), "--sample-length", "inf") == 2
+    )
+    err = capsys.readouterr().err.strip()
+    assert err.endswith("--sample-length: must be a finite number, got inf")
+    assert not (session / "model.json").exists()
+
+
 def test_every_command_takes_its_defaults_from_the_dataclass():
     sweep = cfg.from_dict(cfg.SweepConfig, flags.given(parse("tune", "sw", "ds"), cfg.SweepConfig))
     assert sweep == cfg.SweepConfig("sw", "ds").validate()

@@ -184,3 +184,88 @@ def test_workers_flag_text():
     assert cfg.parse_workers("2:8") == {"workers_min": 2, "workers_max": 8}
     with pytest.raises(ConfigError, match="MIN:MAX"):
         cfg.parse_workers("two")
+
+
+# ----------------------------------------------------------------------------------------------
+# Non-finite and absurd values (issue 16)
+
+
+def _separate(**changes):
+    from auralflow_dist.separate.config import SeparateConfig
+
+    return cfg.from_dict(SeparateConfig, {"model": "m", "audio": "a", "save": "s", **changes})
+
+
+REQUIRED = {
+    cfg.ModelConfig: {},
+    cfg.TrainerConfig: {},
+    cfg.EvalConfig: {"session": "s", "dataset": "d"},
+    cfg.SweepConfig: {"sweep_url": "s", "dataset_url": "d"},
+}
+
+
+@pytest.mark.parametrize(
+    ("cls", "field", "value"),
+    [
+        (cfg.ModelConfig, "sample_length", "inf"),
+        (cfg.ModelConfig, "dropout_p", float("nan")),
+        (cfg.TrainerConfig, "gpus_per_worker", "nan"),
+        (cfg.TrainerConfig, "lr", float("inf")),
+        (cfg.EvalConfig, "gpus_per_worker", float("nan")),
+        (cfg.SweepConfig, "gpus_per_worker", "-inf"),
+        (None, "duration", "inf"),
+        (None, "block_seconds", float("inf")),
+        (None, "gpus_per_worker", float("nan")),
+        (None, "cpus_per_worker", "Infinity"),
+    ],
+)
+def test_non_finite_numbers_are_refused_naming_the_field(cls, field, value):
+    with pytest.raises(ConfigError, match=r"must be a finite number, got -?(nan|inf)$") as err:
+        if cls is None:  # SeparateConfig
+            _separate(**{field: value})
+        else:
+            cfg.from_dict(cls, {**REQUIRED[cls], field: value})
+    assert err.value.field == field
+
+
+@pytest.mark.parametrize(
+    ("text", "field"),
+    [
+        ('{"sample_length": Infinity}', "sample_length"),
+        ('{"dropout_p": NaN}', "dropout_p"),
+        ('{"leak_factor": -Infinity}', "leak_factor"),
+        ('{"hidden_size": Infinity}', "hidden_size"),
+    ],
+)
+def test_json_infinity_and_nan_in_model_json_name_the_field(text, field):
+    with pytest.raises(ConfigError) as err:
+        cfg.from_json(cfg.ModelConfig, text, source="model.json")
+    assert err.value.field == field
+    assert "inf" in err.value.reason or "nan" in err.value.reason
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "bound"),
+    [
+        ("hidden_size", 1e9, 16384),
+        ("hidden_channels", 4096, 1024),
+        ("recurrent_depth", 100, 16),
+        ("num_fft", 2**20, 65536),
+        ("sample_length", 3600.0, 60),
+    ],
+)
+def test_model_sizes_that_would_allocate_absurd_memory_are_refused(field, value, bound):
+    with pytest.raises(ConfigError, match=f"must be at most {bound}") as err:
+        cfg.from_dict(cfg.ModelConfig, {field: value})
+    assert err.value.field == field
+    # The bound itself is accepted (construction only: no network is built).
+    at_bound = {"num_fft": 65536, "window_size": 1024} if field == "num_fft" else {field: bound}
+    assert getattr(cfg.from_dict(cfg.ModelConfig, at_bound), field) == bound
+
+
+def test_separate_output_rate_must_be_a_real_audio_rate():
+    assert _separate(sr=8000).sr == 8000 and _separate(sr=384000).sr == 384000
+    for rate in (1000, 7999, 384001):
+        with pytest.raises(ConfigError, match=r"8000\.\.384000 Hz") as err:
+            _separate(sr=rate)
+        assert err.value.field == "sr"

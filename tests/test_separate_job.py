@@ -338,3 +338,62 @@ def _separate_one_hour(tmp_path: Path, rate: int, seconds: int) -> None:
     assert sf.info(result.target_url).frames == rate * seconds
     # The file is 115 MB as float32: holding it whole, let alone its windows, would show here.
     assert peak[0] - base < 60 * 2**20, f"RSS grew by {(peak[0] - base) / 2**20:.0f} MiB"
+
+
+# ------------------------------------------------------------------------------------------------
+# Bad inputs fail as rows, before anything large is allocated (issue 16)
+
+
+def _track_separator(tmp_path: Path, **options) -> TrackSeparator:
+    job = SeparateConfig(
+        model="unused", audio=str(tmp_path), save=str(tmp_path / "out"), **options
+    ).validate()
+    return TrackSeparator(tiny_model().separator, job, model_key="k", run_id="r")
+
+
+def _cut(path: Path, data: np.ndarray, rate: int, fmt: str) -> None:
+    """``data`` written to ``path``, then cut to half its bytes; the header is kept."""
+    put(str(path), data, rate, fmt)
+    whole = path.read_bytes()
+    path.write_bytes(whole[: len(whole) // 2])
+
+
+@pytest.mark.parametrize(
+    ("name", "rate", "fmt", "held"),
+    [("cut.wav", RATE, "WAV", "1.499 s"), ("cut.mp3", 44100, "MP3", "")],
+)
+def test_a_truncated_file_fails_and_is_not_marked_done(
+    tmp_path: Path, name: str, rate: int, fmt: str, held: str
+) -> None:
+    path = tmp_path / name
+    _cut(path, noise(3, rate, 1), rate, fmt)
+    result = _track_separator(tmp_path)(Source(str(path), "cut"))
+    assert result.status == "failed"
+    assert f"{path}: truncated: the header promises 3.000 s, the file holds {held}" in result.error
+    assert len(result.error.splitlines()) == 1
+    assert not (tmp_path / "out" / "cut" / "_done.json").exists()
+    assert not (tmp_path / "out" / "cut" / "vocals.wav").exists()
+
+
+def test_a_truncated_wav_still_gives_the_seconds_it_holds(tmp_path: Path) -> None:
+    path = tmp_path / "cut.wav"
+    _cut(path, noise(3, RATE, 1), RATE, "WAV")
+    result = _track_separator(tmp_path, duration=1.0)(Source(str(path), "cut"))
+    assert result.status == "ok", result.error
+    assert result.duration_s == 1.0
+
+
+def test_an_odd_rate_fails_as_a_row_not_an_8_gb_kernel(tmp_path: Path) -> None:
+    odd = tmp_path / "odd.wav"
+    put(str(odd), noise(0.5, 44101, 1), 44101, "WAV")
+    result = _track_separator(tmp_path)(Source(str(odd), "odd"))
+    assert result.status == "failed"
+    assert f"{odd}: cannot resample 44101 Hz to 16000 Hz" in result.error
+    assert "standard rate" in result.error and len(result.error.splitlines()) == 1
+
+    good = tmp_path / "good.wav"
+    put(str(good), noise(0.5, RATE, 1), RATE, "WAV")
+    result = _track_separator(tmp_path, sr=44101)(Source(str(good), "good"))
+    assert result.status == "failed"
+    assert f"{good}: cannot resample 16000 Hz to 44101 Hz" in result.error
+    assert not (tmp_path / "out" / "good" / "_done.json").exists()

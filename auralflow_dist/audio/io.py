@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import IO, Literal
@@ -25,6 +26,27 @@ _FLOAT_SUBTYPES = {"FLOAT", "DOUBLE"}
 _PCM16_SUBTYPES = {"PCM_16", "PCM_S8", "PCM_U8"}
 
 Array = np.ndarray | torch.Tensor
+
+# A read allocates its whole output, by the header's frame count, before decoding a sample, so a
+# corrupt or forged header (FLAC counts frames in 36 bits) could make it ask for terabytes. Reads
+# of more samples than this (64 MB of float32) first check the claim against the file's size.
+_CHECKED_READ_SAMPLES = 1 << 24
+# Bytes per sample where every sample is stored at a fixed width (not in FLAC, which names its
+# sample formats the same way): the data cannot be smaller than frames * channels * this.
+_BYTES_PER_SAMPLE = {
+    "PCM_S8": 1, "PCM_U8": 1, "ULAW": 1, "ALAW": 1,
+    "PCM_16": 2, "PCM_24": 3, "PCM_32": 4, "FLOAT": 4, "DOUBLE": 8,
+}  # fmt: skip
+# The densest any codec gets: a FLAC frame of 65535 frames of one constant value still takes a
+# few bytes per channel (libsndfile's FLAC of digital silence: about 550 samples per byte). So
+# not "8 samples a byte", which a silent stem would fail.
+_MAX_SAMPLES_PER_BYTE = 1 << 15
+# libsndfile counts only the frames a WAV/AIFF file holds, and logs a data chunk that says it
+# holds more: "data : 96000 (should be 47978)" (bytes).
+_SHORT_DATA_CHUNK = re.compile(r"^\s*(?:data|SSND)\s*:\s*(\d+)\s*\(should be (\d+)\)", re.M)
+# Data sizes writers put in the header of a stream whose length they do not know yet (0xFFFFFFFF,
+# or just under 2**31): not a promise, so such a file is not truncated.
+_UNKNOWN_DATA_SIZE = 0x7FFF0000
 
 
 @dataclass(frozen=True)
@@ -78,6 +100,40 @@ def open_audio(url: str) -> Iterator[sf.SoundFile]:
         raise AudioError(f"{url}: {err}") from err
 
 
+def promised_frames(snd: sf.SoundFile) -> int:
+    """Frames the header of ``snd`` promises: more than ``snd.frames`` when the file was cut short.
+
+    libsndfile reports the frames a cut WAV or AIFF file still holds as its length; only its log
+    shows the header's promise. Elsewhere (FLAC) ``snd.frames`` is the promise itself, and reading
+    stops or fails before it.
+    """
+    match = _SHORT_DATA_CHUNK.search(snd.extra_info)
+    if match is None:
+        return snd.frames
+    promised, held = int(match[1]), int(match[2])
+    if promised >= _UNKNOWN_DATA_SIZE or held <= 0:
+        return snd.frames
+    return max(snd.frames, snd.frames * promised // held)
+
+
+def _check_claim(url: str, snd: sf.SoundFile, frames: int) -> None:
+    """Refuse to decode ``frames`` frames the file's size could not hold (a corrupt header)."""
+    samples = frames * snd.channels
+    if samples <= _CHECKED_READ_SAMPLES:
+        return
+    try:
+        size = storage.size(url)
+    except StorageError as err:
+        raise AudioError(str(err)) from err
+    width = _BYTES_PER_SAMPLE.get(snd.subtype) if snd.format != "FLAC" else None
+    if samples > (size // width if width else size * _MAX_SAMPLES_PER_BYTE):
+        raise AudioError(
+            f"{url}: the header claims {snd.frames} frames ({snd.frames / snd.samplerate:.1f} s) "
+            f"of {snd.channels} channels, more than the file's {size} bytes can hold "
+            "(a corrupt header, or a truncated file)"
+        )
+
+
 def info(url: str) -> AudioInfo:
     """Length, rate and format from the header alone (no samples are decoded)."""
     with open_audio(url) as snd:
@@ -106,6 +162,9 @@ def read(
             raise AudioError(f"{url}: contains no audio frames")
         if not 0 <= offset < snd.frames:
             raise AudioError(f"{url}: offset {offset} is outside the file ({snd.frames} frames)")
+        # What soundfile allocates and decodes before any padding: the header's frames from offset.
+        claimed = snd.frames - offset
+        _check_claim(url, snd, claimed if frames < 0 else min(frames, claimed))
         snd.seek(offset)
         data = snd.read(frames, dtype=dtype, always_2d=always_2d, fill_value=fill_value).T
         return (np.ascontiguousarray(data) if contiguous else data), snd.samplerate

@@ -16,6 +16,7 @@ from auralflow_dist.config import DEFAULT_BATCH_SIZE, DEFAULT_PADDING, from_dict
 from auralflow_dist.errors import ConfigError
 
 FORMATS = {"wav": "WAV", "flac": "FLAC"}
+MIN_RATE, MAX_RATE = 8000, 384000  # output rates (Hz) --sr accepts
 
 
 @dataclass
@@ -75,13 +76,15 @@ class SeparateConfig:
                 raise ConfigError(name, "must not be empty")
         if self.duration is not None and not self.duration > 0:
             raise ConfigError("duration", f"must be positive seconds, not {self.duration}")
-        if self.sr is not None and not 1000 <= self.sr <= 384000:
-            raise ConfigError("sr", f"must be in 1000..384000 Hz, not {self.sr}")
+        # Whether a rate pair can be resampled depends on the input's rate too: each file checks
+        # it (`audio.convert.check_resampling`) and fails on its own if not.
+        if self.sr is not None and not MIN_RATE <= self.sr <= MAX_RATE:
+            raise ConfigError("sr", f"must be in {MIN_RATE}..{MAX_RATE} Hz, not {self.sr}")
         if self.padding < 0:
             raise ConfigError("padding", f"must not be negative, not {self.padding}")
         if self.workers is not None and self.workers < 1:
             raise ConfigError("workers", f"must be at least 1, not {self.workers}")
-        if self.gpus_per_worker is not None and self.gpus_per_worker < 0:
+        if self.gpus_per_worker is not None and not self.gpus_per_worker >= 0:
             raise ConfigError(
                 "gpus_per_worker", f"must not be negative, not {self.gpus_per_worker}"
             )

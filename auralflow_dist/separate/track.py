@@ -28,7 +28,7 @@ import torch
 
 from auralflow_dist import audio, storage
 from auralflow_dist.audio.engine import SeparationEngine
-from auralflow_dist.audio.io import open_audio
+from auralflow_dist.audio.io import open_audio, promised_frames
 from auralflow_dist.errors import AudioError, AuralflowError, StorageError
 from auralflow_dist.models.separator import Separator
 from auralflow_dist.separate.config import SeparateConfig
@@ -54,8 +54,22 @@ def fingerprint(url: str) -> str:
 
 
 def _blocks(url: str, block_frames: int, limit: int | None) -> Iterator[np.ndarray]:
-    """Decoded blocks ``(channels, n)`` read in order, up to ``limit`` frames."""
+    """Decoded blocks ``(channels, n)`` read in order, up to ``limit`` frames.
+
+    A file that holds fewer frames than its header promises is an AudioError: separated, its
+    stems would be silently short, and marked done, never retried.
+    """
+
+    def truncated(promised: int, held: int) -> AudioError:
+        return AudioError(
+            f"{storage.mask_url(url)}: truncated: the header promises "
+            f"{promised / snd.samplerate:.3f} s, the file holds {held / snd.samplerate:.3f} s"
+        )
+
     with open_audio(url) as snd:
+        promised = promised_frames(snd)  # WAV/AIFF: snd.frames counts only the frames held
+        if promised > snd.frames and (limit is None or limit > snd.frames):
+            raise truncated(promised, snd.frames)
         left = snd.frames if limit is None else min(limit, snd.frames)
         start = 0
         while left > 0:
@@ -68,8 +82,12 @@ def _blocks(url: str, block_frames: int, limit: int | None) -> Iterator[np.ndarr
                     f"{start / snd.samplerate:.3f} s (corrupt or truncated"
                     f"{reason})"
                 ) from err
-            if len(block) == 0:
-                break  # a header that promises more frames than the file holds
+            if len(block) == 0:  # the decoder ran out before the header's count (FLAC, MP3)
+                # A VBR MP3 without a Xing header only estimates its length: a shortfall of up
+                # to a second (or 1%) is that estimate, not a cut.
+                if left > max(snd.samplerate, snd.frames // 100):
+                    raise truncated(snd.frames, start)
+                break
             finite = np.isfinite(block)
             if not finite.all():
                 first = start + int(np.argmin(finite.all(axis=1)))

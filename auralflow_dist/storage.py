@@ -5,15 +5,24 @@ SeaweedFS, with endpoint and credentials from the standard AWS environment or fr
 any other fsspec protocol behave the same, and so that a missing bucket, a wrong key or an
 unreachable endpoint is one `StorageError` line within seconds instead of a hang or a traceback.
 Credentials never appear in those lines: every message goes through `redact`.
+
+Transient S3 failures (connection errors, timeouts, 5xx, throttling) are retried with growing
+waits under a budget (`RetryPolicy`); permanent ones (403, 404, a missing bucket, bad credentials)
+fail on the first answer.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import os
+import random
 import re
+import shutil
 import tempfile
+import threading
+import time
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -31,9 +40,16 @@ if TYPE_CHECKING:
 S3_PROTOCOLS = ("s3", "s3a")
 # soundfile reads a header, seeks and reads a few seconds: fetch 1 MiB ranges, not s3fs's 50 MiB.
 READ_BLOCK_SIZE = 1 << 20
-# Fail within seconds when the endpoint is down instead of botocore's long default back-off.
-_S3_CONFIG = {"connect_timeout": 5, "read_timeout": 60, "retries": {"max_attempts": 2}}
-_S3FS_RETRIES = 2
+_S3_CONFIG = {"connect_timeout": 5, "read_timeout": 60}
+# Per S3 request: attempts in all (the first included), and seconds past the first failure after
+# which no retry starts. Enough to ride out throttling and an endpoint restart; a dead endpoint
+# still fails within seconds, not botocore's minutes.
+DEFAULT_ATTEMPTS = 6
+DEFAULT_RETRY_SECONDS = 30.0
+_FIRST_WAIT_S = 0.2
+_MAX_WAIT_S = 5.0
+_ATTEMPTS_ENV = "AWS_MAX_ATTEMPTS"  # the AWS SDKs' own name for the same number
+_RETRY_SECONDS_ENV = "AURALFLOW_S3_RETRY_SECONDS"
 _MASK = "***"
 _TRUE = {"1", "true", "yes", "on"}
 _ACCESS_HINT = "access denied (check AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY)"
@@ -41,8 +57,49 @@ _ANON_HINT = "access denied to anonymous requests (unset AWS_NO_SIGN_REQUEST, gi
 
 
 @dataclass(frozen=True)
+class RetryPolicy:
+    """How one S3 request is retried after a transient failure.
+
+    ``attempts`` tries in all; the waits double from ``first_wait_s`` up to ``max_wait_s``, each
+    jittered to 50-100 % so that workers throttled together do not come back together; and no
+    retry starts whose wait would end more than ``budget_s`` seconds after the first failure.
+    """
+
+    attempts: int = DEFAULT_ATTEMPTS
+    budget_s: float = DEFAULT_RETRY_SECONDS
+    first_wait_s: float = _FIRST_WAIT_S
+    max_wait_s: float = _MAX_WAIT_S
+
+    def wait(self, attempt: int) -> float:
+        """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
+        nominal = min(self.max_wait_s, self.first_wait_s * 2.0 ** (attempt - 1))
+        return nominal * (0.5 + 0.5 * random.random())
+
+    def delay(self, attempt: int, since_first_failure: float) -> float | None:
+        """The wait before the next attempt after failed attempt ``attempt``, or None: give up."""
+        if attempt >= self.attempts:
+            return None
+        wait = self.wait(attempt)
+        return wait if since_first_failure + wait <= self.budget_s else None
+
+
+def _env_number(env: Mapping[str, str], name: str, kind: type) -> Any:
+    text = env.get(name, "").strip()
+    if not text:
+        return None
+    try:
+        return kind(text)
+    except ValueError:
+        raise StorageError(f"{name}={text!r}: expected a number") from None
+
+
+@dataclass(frozen=True)
 class S3Settings:
-    """Where and as whom to reach S3; ``None`` fields fall back to botocore's own lookup."""
+    """Where and as whom to reach S3, and how long to retry; ``None`` fields fall back to defaults.
+
+    ``max_attempts`` and ``retry_seconds`` bound each request's retries (`RetryPolicy`); the
+    other ``None`` fields are left to botocore's own lookup.
+    """
 
     endpoint_url: str | None = None
     key: str | None = None
@@ -50,6 +107,18 @@ class S3Settings:
     region: str | None = None
     anon: bool = False
     token: str | None = None
+    max_attempts: int | None = None
+    retry_seconds: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_attempts is not None and self.max_attempts < 1:
+            raise StorageError(f"S3 max_attempts must be at least 1, got {self.max_attempts}")
+        if self.retry_seconds is not None and not (
+            math.isfinite(self.retry_seconds) and self.retry_seconds >= 0
+        ):
+            raise StorageError(
+                f"S3 retry_seconds must be a finite number >= 0, got {self.retry_seconds}"
+            )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> S3Settings:
@@ -62,6 +131,8 @@ class S3Settings:
             region=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or None,
             anon=env.get("AWS_NO_SIGN_REQUEST", "").strip().lower() in _TRUE,
             token=env.get("AWS_SESSION_TOKEN") or None,
+            max_attempts=_env_number(env, _ATTEMPTS_ENV, int),
+            retry_seconds=_env_number(env, _RETRY_SECONDS_ENV, float),
         )
 
     def over(self, base: S3Settings) -> S3Settings:
@@ -73,13 +144,27 @@ class S3Settings:
         return S3Settings(
             endpoint_url=self.endpoint_url or base.endpoint_url,
             region=self.region or base.region,
+            max_attempts=base.max_attempts if self.max_attempts is None else self.max_attempts,
+            retry_seconds=base.retry_seconds if self.retry_seconds is None else self.retry_seconds,
             **creds,
+        )
+
+    def retry_policy(self) -> RetryPolicy:
+        """The retries these settings allow each request."""
+        return RetryPolicy(
+            attempts=DEFAULT_ATTEMPTS if self.max_attempts is None else self.max_attempts,
+            budget_s=DEFAULT_RETRY_SECONDS if self.retry_seconds is None else self.retry_seconds,
+            first_wait_s=_FIRST_WAIT_S,
+            max_wait_s=_MAX_WAIT_S,
         )
 
     def storage_options(self) -> dict[str, Any]:
         """Keyword arguments for ``s3fs.S3FileSystem``."""
+        # `filesystem` replaces botocore's waits with the policy's; the attempt count here is for
+        # instances built from these options elsewhere (unpickled by Ray Train, say).
+        retries = {"mode": "standard", "total_max_attempts": self.retry_policy().attempts}
         options: dict[str, Any] = {
-            "config_kwargs": {**_S3_CONFIG, "retries": dict(_S3_CONFIG["retries"])},
+            "config_kwargs": {**_S3_CONFIG, "retries": retries},
             # Other processes (Ray workers) write too: a cached listing would hide their files.
             "use_listings_cache": False,
         }
@@ -179,21 +264,137 @@ def _is_s3(fs: fsspec.AbstractFileSystem) -> bool:
     return any(p in S3_PROTOCOLS for p in _protocols(fs))
 
 
+# Error codes S3 and S3-compatible servers send for throttling or a passing fault; any 5xx but
+# 501/505 and 429 count too, whatever their code.
+_TRANSIENT_CODES = frozenset(
+    {
+        "SlowDown",
+        "Throttling",
+        "ThrottlingException",
+        "ThrottledException",
+        "RequestThrottled",
+        "RequestThrottledException",
+        "TooManyRequests",
+        "TooManyRequestsException",
+        "RequestLimitExceeded",
+        "BandwidthLimitExceeded",
+        "RequestTimeout",
+        "RequestTimeoutException",
+        "PriorRequestNotComplete",
+        "InternalError",
+        "ServiceUnavailable",
+    }
+)
+_RETRY_HOOK_ID = "auralflow-retry"
+_FIRST_FAILURE = "auralflow_first_failure"
+_hook_lock = threading.Lock()
+
+
+def _transient_status(status: int) -> bool:
+    return status == 429 or (500 <= status < 600 and status not in (501, 505))
+
+
+class _RetryHook:
+    """botocore ``needs-retry`` handler that puts a `RetryPolicy` in charge of a client's retries.
+
+    It runs before botocore's own handlers: for a transient failure it answers the wait or False
+    (give up), which botocore then obeys; for anything else it answers None and leaves the call
+    to them (S3's region redirects; botocore retries none of those errors).
+    """
+
+    def __init__(self, policy: RetryPolicy) -> None:
+        import botocore.exceptions as bx
+
+        self.policy = policy
+        self._transient_errors = (
+            bx.ConnectionError,
+            bx.HTTPClientError,
+            ConnectionError,
+            TimeoutError,
+        )
+        self._permanent_errors = (bx.SSLError,)  # a certificate does not fix itself
+
+    def transient(self, response: Any, caught_exception: BaseException | None) -> bool:
+        """Whether the outcome of an attempt is worth another one."""
+        if caught_exception is not None:
+            return isinstance(caught_exception, self._transient_errors) and not isinstance(
+                caught_exception, self._permanent_errors
+            )
+        if response is None:
+            return False
+        http_response, parsed = response
+        code = (parsed.get("Error") or {}).get("Code") if isinstance(parsed, dict) else None
+        return _transient_status(http_response.status_code) or code in _TRANSIENT_CODES
+
+    def __call__(
+        self,
+        attempts: int,
+        request_dict: dict[str, Any],
+        response: Any = None,
+        caught_exception: BaseException | None = None,
+        **_: Any,
+    ) -> float | bool | None:
+        if not self.transient(response, caught_exception):
+            return None
+        context = request_dict.setdefault("context", {})
+        now = time.monotonic()
+        first = context.setdefault(_FIRST_FAILURE, now)
+        wait = self.policy.delay(attempts, now - first)
+        return False if wait is None else wait
+
+
+def _s3_layers(fs: fsspec.AbstractFileSystem) -> list[fsspec.AbstractFileSystem]:
+    """The S3 filesystems in ``fs``: itself, or those wrapped by caching layers of a chained URL."""
+    found: list[fsspec.AbstractFileSystem] = []
+    layer: Any = fs
+    for _ in range(8):  # chains are short; a cycle must not hang
+        if not isinstance(layer, fsspec.AbstractFileSystem):
+            break
+        if _is_s3(layer):
+            found.append(layer)
+        layer = getattr(layer, "fs", None)
+    return found
+
+
+def _install_retries(fs: fsspec.AbstractFileSystem, policy: RetryPolicy) -> None:
+    """Make ``policy`` the one retry loop for every request ``fs`` sends.
+
+    It sits on the botocore client, so file objects' ranged reads, multipart parts and callers
+    that use ``fs`` directly get it too. s3fs's own loop is cut to one try: it would repeat the
+    whole budget, with fixed 0.1 s waits.
+    """
+    fs.retries = 1
+    client = fs.s3  # made here if new: no request is sent
+    with _hook_lock:
+        installed = getattr(fs, "_auralflow_retry", None)
+        if installed is not None and installed[0] is client and installed[1] == policy:
+            return
+        events = client.meta.events
+        events.unregister("needs-retry.s3", unique_id=_RETRY_HOOK_ID)
+        events.register_first("needs-retry.s3", _RetryHook(policy), unique_id=_RETRY_HOOK_ID)
+        fs._auralflow_retry = (client, policy)
+
+
 def filesystem(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
     """The filesystem for ``url`` and the path inside it; S3 gets the current settings."""
     layers = [split_protocol(part)[0] for part in url.split("::")]
     s3_layers = [p for p in layers if p in S3_PROTOCOLS]
     kwargs: dict[str, Any] = {}
-    if s3_layers:
-        options = current_settings().storage_options()
+    settings = current_settings() if s3_layers else None
+    if settings is not None:
+        options = settings.storage_options()
         kwargs = options if len(layers) == 1 else {p: options for p in s3_layers}
     try:
         # fsspec caches instances per arguments (and per process), so this is cheap to repeat.
         fs, path = url_to_fs(url, **kwargs)
     except (ValueError, ImportError) as err:
         raise StorageError(redact(f"{mask_url(url)}: unsupported URL ({err})")) from err
-    if _is_s3(fs):
-        fs.retries = _S3FS_RETRIES
+    if settings is not None:
+        try:
+            for layer in _s3_layers(fs):
+                _install_retries(layer, settings.retry_policy())
+        except ValueError as err:  # botocore rejects the endpoint URL or region
+            raise StorageError(redact(f"{mask_url(url)}: cannot set up S3 ({err})")) from err
     return fs, path
 
 
@@ -251,6 +452,13 @@ def _reason(err: BaseException, fs: fsspec.AbstractFileSystem | None, path: str)
         s3 and any(isinstance(e, TimeoutError) for e in chain)
     ):
         return f"endpoint {_endpoint()} did not answer in time"
+    busy = sorted(
+        c for c in codes if c in _TRANSIENT_CODES or (c.isdigit() and _transient_status(int(c)))
+    )
+    if s3 and busy:
+        return (
+            f"endpoint {_endpoint()} answered {busy[0]} (throttled or failing) through every retry"
+        )
     if "NoCredentialsError" in names:
         return "no credentials (set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, or AWS_NO_SIGN_REQUEST=1 for public data)"
     if codes & {
@@ -508,14 +716,66 @@ def makedirs(url: str) -> None:
 
 
 def remove(url: str, *, missing_ok: bool = False) -> None:
-    """Delete the file or the whole folder/prefix at ``url``."""
+    """Delete the file or the whole folder/prefix at ``url``, its name taken literally.
+
+    Never through fsspec's ``rm``: it expands ``[``, ``]``, ``*`` and ``?`` as a glob, so removing
+    the marker of track "Song [ab]" would delete those of "Song a" and "Song b" instead.
+    """
     fs, path = filesystem(url)
     with _errors(url, fs, path):
-        if _kind(fs, path) is None:
+        kind = _kind(fs, path)
+        if kind is None:
             if missing_ok:
                 return
             raise FileNotFoundError(path)
-        fs.rm(path, recursive=True)
+        if kind == "file":
+            fs.rm_file(path)
+        elif _is_local(fs):
+            shutil.rmtree(path)
+        elif _is_s3(fs):
+            _remove_prefix(fs, path)
+        else:
+            _remove_tree(fs, path)
+        fs.invalidate_cache(path)
+
+
+def _remove_prefix(fs: fsspec.AbstractFileSystem, path: str) -> None:
+    """Delete every object under the S3 folder ``path``, by its listed key (the bucket too, at a root)."""
+    bucket, _, key = path.strip("/").partition("/")
+    prefix = key.rstrip("/") + "/" if key else ""
+    keys: list[str] = []
+    page_token: dict[str, str] = {}
+    while True:
+        page = fs.call_s3("list_objects_v2", Bucket=bucket, Prefix=prefix, **page_token)
+        keys.extend(item["Key"] for item in page.get("Contents", []))
+        if not page.get("IsTruncated"):
+            break
+        page_token = {"ContinuationToken": page["NextContinuationToken"]}
+    for start in range(0, len(keys), 1000):  # the most one DeleteObjects takes
+        batch = [{"Key": k} for k in keys[start : start + 1000]]
+        out = fs.call_s3("delete_objects", Bucket=bucket, Delete={"Objects": batch, "Quiet": True})
+        if out.get("Errors"):
+            from botocore.exceptions import ClientError
+
+            error = out["Errors"][0]
+            raise ClientError(
+                {"Error": {"Code": error.get("Code", ""), "Message": error.get("Message", "")}},
+                "DeleteObjects",
+            )
+    if not key:
+        fs.call_s3("delete_bucket", Bucket=bucket)
+
+
+def _remove_tree(fs: fsspec.AbstractFileSystem, path: str) -> None:
+    """Delete the folder ``path`` of any other filesystem: listed files one by one, then folders."""
+    entries = fs.find(path, withdirs=True, detail=True)
+    for name, info in entries.items():
+        if info["type"] != "directory":
+            fs.rm_file(name)
+    folders = [n for n, info in entries.items() if info["type"] == "directory" and n != path]
+    for name in [*sorted(folders, key=len, reverse=True), path]:
+        with contextlib.suppress(OSError):  # implied folders of key-value stores are gone already
+            fs.rmdir(name)
 
 
 def listdir(url: str) -> list[str]:

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import os
+import threading
 import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -116,6 +121,34 @@ def test_listing_and_housekeeping(storage_root: str) -> None:
     assert not storage.exists(folder) and not storage.is_dir(folder)
     storage.remove(folder, missing_ok=True)
     assert "not found" in _storage_error(storage.remove, folder)
+
+
+def test_remove_takes_names_literally(storage_root: str) -> None:
+    """fsspec's rm globbed: "Song [ab]" deleted "Song a" and "Song b", "Song [Live]" failed."""
+    out = storage.join(storage_root, "out")
+    names = ["Song [ab]", "Song a", "Song b", "Song [Live]", "Song L", "x*y", "xay", "why?", "whyo"]
+    for name in names:
+        storage.write_bytes(storage.join(out, name, "_done.json"), b"{}")
+        storage.write_bytes(storage.join(out, name, "vocals.wav"), b"v")
+
+    def markers() -> list[str]:
+        return [n for n in names if storage.exists(storage.join(out, n, "_done.json"))]
+
+    for name in ["Song [ab]", "Song [Live]", "x*y", "why?"]:
+        storage.remove(storage.join(out, name, "_done.json"))
+    assert markers() == ["Song a", "Song b", "Song L", "xay", "whyo"]
+    storage.remove(storage.join(out, "Song [ab]", "_done.json"), missing_ok=True)  # quiet
+    assert "not found" in _storage_error(storage.remove, storage.join(out, "x*y", "_done.json"))
+
+    for name in ["Song [ab]", "x*y"]:  # whole folders too
+        storage.remove(storage.join(out, name))
+        assert not storage.exists(storage.join(out, name))
+    storage.remove(storage.join(out, "Song [ab]"), missing_ok=True)
+    # Not listdir: SeaweedFS lists a prefix for a while after its last object is gone.
+    left = [n for n in names if n not in ("Song [ab]", "x*y")]
+    assert [n for n in names if storage.exists(storage.join(out, n))] == left
+    for name in left:
+        assert storage.read_bytes(storage.join(out, name, "vocals.wav")) == b"v"
 
 
 def test_missing_file_is_named(storage_root: str) -> None:
@@ -265,6 +298,7 @@ def test_anonymous_access_is_refused_by_the_server(
 def test_unreachable_endpoint(s3_env: S3Server, monkeypatch: pytest.MonkeyPatch) -> None:
     (port,) = free_ports(1)  # nothing listens there once the probe socket is closed
     monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "2")  # the budget has tests of its own below
     url = "s3://bucket/x.wav"
     expected = f"{url}: cannot reach endpoint http://127.0.0.1:{port}"
     assert _storage_error(storage.read_bytes, url) == expected
@@ -279,6 +313,7 @@ def test_env_endpoint_precedence_and_config_override(
     s3_env: S3Server, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     (closed,) = free_ports(1)
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")  # the closed port fails at once
     url = f"s3://{s3_env.shared_bucket}/env/x.bin"
     storage.write_bytes(url, b"x")
 
@@ -302,9 +337,11 @@ def test_env_endpoint_precedence_and_config_override(
         "AWS_ENDPOINT_URL": "http://a:1",
         "AWS_DEFAULT_REGION": "eu-west-1",
         "AWS_NO_SIGN_REQUEST": "true",
+        "AWS_MAX_ATTEMPTS": "9",
+        "AURALFLOW_S3_RETRY_SECONDS": "2.5",
     }
     assert storage.S3Settings.from_env(env) == storage.S3Settings(
-        endpoint_url="http://a:1", region="eu-west-1", anon=True
+        endpoint_url="http://a:1", region="eu-west-1", anon=True, max_attempts=9, retry_seconds=2.5
     )
     # Given credentials replace anonymous access from the environment, and the reverse.
     anon = storage.S3Settings(anon=True)
@@ -346,6 +383,7 @@ def test_no_secret_in_repr_urls_or_text(s3_env: S3Server) -> None:
 
 
 def test_server_persists_across_restart(tmp_path: Path) -> None:
+    """And a read sent while it is down waits for it: connection errors, then 5xx, are retried."""
     binary = weed_binary()
     if binary is None:
         pytest.skip("no `weed` binary")
@@ -356,10 +394,26 @@ def test_server_persists_across_restart(tmp_path: Path) -> None:
         server.client().pipe_file(f"{bucket}/kept.bin", b"still here")
     finally:
         server.stop()
+    storage.configure(dataclasses.replace(server.settings(), max_attempts=50, retry_seconds=60))
+    read: list[bytes | Exception] = []
+
+    def read_while_down() -> None:
+        try:
+            read.append(storage.read_bytes(f"s3://{bucket}/kept.bin"))
+        except Exception as err:
+            read.append(err)
+
+    reader = threading.Thread(target=read_while_down, daemon=True)
+    reader.start()
+    time.sleep(0.5)
+    # Started here, not in a thread: the server dies with the thread that started it.
     server.start()
     try:
+        reader.join(90)
+        assert read == [b"still here"]
         assert server.client().cat_file(f"{bucket}/kept.bin") == b"still here"
     finally:
+        storage.configure(None)
         server.stop()
 
 
@@ -368,3 +422,221 @@ def test_absolute_makes_relative_local_paths_absolute_and_leaves_buckets(tmp_pat
     assert storage.absolute("demo_output/session") == f"{tmp_path}/demo_output/session"
     assert storage.absolute(str(tmp_path / "x")) == str(tmp_path / "x")
     assert storage.absolute("s3://bucket/sessions/a") == "s3://bucket/sessions/a"
+
+
+# ----------------------------------------------------------------------------------------------
+# Retries: transient failures get a budget, permanent ones none
+
+OBJECT = b"served after all"
+
+
+class _FakeS3(ThreadingHTTPServer):
+    """Serves OBJECT at every key, after answering the failures planned per HTTP method.
+
+    A planned status of 0 drops the connection without an answer.
+
+    SeaweedFS cannot be made to throttle; this stands in for a throttled or failing endpoint and
+    counts what the client sent.
+    """
+
+    daemon_threads = True
+
+    def __init__(self, port: int = 0, failures: dict[str, list[tuple[int, str]]] | None = None):
+        super().__init__(("127.0.0.1", port), _FakeS3Handler)
+        self.failures = {method: list(plan) for method, plan in (failures or {}).items()}
+        self.log: list[tuple[str, int]] = []
+
+    @property
+    def endpoint_url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+    def count(self, method: str) -> int:
+        return sum(1 for m, _ in self.log if m == method)
+
+
+class _FakeS3Handler(BaseHTTPRequestHandler):
+    server: _FakeS3
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def _answer(self) -> None:
+        plan = self.server.failures.get(self.command)
+        status, code = plan.pop(0) if plan else (200, "")
+        self.server.log.append((self.command, status))
+        if status == 0:
+            self.close_connection = True
+            return
+        if status == 200:
+            body = OBJECT
+            headers = {"ETag": '"e1"', "Last-Modified": "Wed, 01 Jan 2025 00:00:00 GMT"}
+        else:
+            body = f"<Error><Code>{code}</Code><Message>planned</Message></Error>".encode()
+            headers = {"Content-Type": "application/xml"}
+        self.send_response(status)
+        for name, value in headers.items():
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    do_GET = do_HEAD = _answer
+
+
+@contextlib.contextmanager
+def _fake_s3(**kwargs: object) -> Iterator[_FakeS3]:
+    server = _FakeS3(**kwargs)  # type: ignore[arg-type]
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _point_at(monkeypatch: pytest.MonkeyPatch, endpoint: str, attempts: int, seconds: float = 30):
+    monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", str(attempts))
+    monkeypatch.setenv("AURALFLOW_S3_RETRY_SECONDS", str(seconds))
+
+
+def test_retry_policy_waits_double_with_jitter_up_to_a_cap() -> None:
+    policy = storage.S3Settings().retry_policy()
+    assert (policy.attempts, policy.budget_s) == (6, 30.0)
+    for attempt, nominal in enumerate([0.2, 0.4, 0.8, 1.6, 3.2, 5.0, 5.0], start=1):
+        waits = [policy.wait(attempt) for _ in range(200)]
+        assert nominal / 2 <= min(waits) and max(waits) <= nominal
+        assert max(waits) - min(waits) > nominal / 10  # jittered
+    assert policy.delay(5, 0.0) is not None and policy.delay(6, 0.0) is None  # 6 attempts in all
+    assert policy.delay(1, 29.99) is None  # would end past the 30 s budget
+    assert "AWS_MAX_ATTEMPTS='x'" in _storage_error(
+        storage.S3Settings.from_env, {"AWS_MAX_ATTEMPTS": "x"}
+    )
+    with pytest.raises(StorageError, match="at least 1"):
+        storage.S3Settings(max_attempts=0)
+    merged = storage.S3Settings(max_attempts=3).over(storage.S3Settings(retry_seconds=0.0))
+    assert merged.retry_policy() == storage.RetryPolicy(attempts=3, budget_s=0.0)
+
+
+def test_down_endpoint_fails_after_the_attempts(
+    s3_env: S3Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (port,) = free_ports(1)
+    _point_at(monkeypatch, f"http://127.0.0.1:{port}", attempts=4)
+    t0 = time.monotonic()
+    message = _storage_error(storage.read_bytes, "s3://bucket/x.wav")
+    elapsed = time.monotonic() - t0
+    assert message == f"s3://bucket/x.wav: cannot reach endpoint http://127.0.0.1:{port}"
+    assert 0.7 <= elapsed < 4.0  # three waits: 0.2, 0.4, 0.8 s, each jittered to 50-100 %
+
+
+def test_down_endpoint_fails_after_the_time_budget(
+    s3_env: S3Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (port,) = free_ports(1)
+    _point_at(monkeypatch, f"http://127.0.0.1:{port}", attempts=100, seconds=1.0)
+    t0 = time.monotonic()
+    assert "cannot reach endpoint" in _storage_error(storage.exists, "s3://bucket/x.wav")
+    assert 0.3 <= time.monotonic() - t0 < 2.5
+
+
+def test_read_waits_for_an_endpoint_that_comes_up(
+    s3_env: S3Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (port,) = free_ports(1)
+    _point_at(monkeypatch, f"http://127.0.0.1:{port}", attempts=20, seconds=15)
+    servers: list[_FakeS3] = []
+
+    def come_up() -> None:
+        time.sleep(3.5)  # past the 3 s that the old 2 x 3 attempts could wait
+        servers.append(_FakeS3(port=port))
+        servers[0].serve_forever()
+
+    threading.Thread(target=come_up, daemon=True).start()
+    t0 = time.monotonic()
+    try:
+        assert storage.read_bytes("s3://bucket/late.bin") == OBJECT
+        assert time.monotonic() - t0 >= 3.5
+    finally:
+        for server in servers:
+            server.shutdown()
+            server.server_close()
+
+
+@pytest.mark.parametrize(
+    "status, code",
+    [(503, "SlowDown"), (500, "InternalError"), (429, "TooManyRequests"), (0, "dropped")],
+)
+def test_throttling_and_server_errors_are_retried(
+    status: int, code: str, s3_env: S3Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with _fake_s3(failures={"GET": [(status, code)] * 3}) as server:
+        _point_at(monkeypatch, server.endpoint_url, attempts=4)
+        assert storage.read_bytes("s3://bucket/mix.wav") == OBJECT
+        assert server.count("GET") == 4
+
+
+@pytest.mark.parametrize(
+    "status, code, reason",
+    [
+        (
+            503,
+            "SlowDown",
+            "endpoint {} answered SlowDown (throttled or failing) through every retry",
+        ),
+        (0, "dropped", "cannot reach endpoint {}"),
+    ],
+)
+def test_transient_errors_give_up_after_the_attempts(
+    status: int, code: str, reason: str, s3_env: S3Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with _fake_s3(failures={"GET": [(status, code)] * 100}) as server:
+        _point_at(monkeypatch, server.endpoint_url, attempts=3)
+        message = _storage_error(storage.read_bytes, "s3://bucket/mix.wav")
+        assert message == "s3://bucket/mix.wav: " + reason.format(server.endpoint_url)
+        # botocore's and s3fs's loops add none; aiohttp itself resends an idempotent request once
+        # when the server drops the connection (RFC 9112), below the retry loop.
+        assert server.count("GET") in ((3,) if status else (3, 6))
+
+
+@pytest.mark.parametrize(
+    "status, code, reason",
+    [
+        (403, "AccessDenied", "access denied (check"),
+        (403, "SignatureDoesNotMatch", "access denied (check"),
+        (404, "NoSuchKey", ": not found"),
+        (404, "NoSuchBucket", ": bucket does not exist"),
+        (400, "InvalidArgument", "[Errno 22] planned"),
+    ],
+)
+def test_permanent_errors_are_not_retried(
+    status: int, code: str, reason: str, s3_env: S3Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with _fake_s3(failures={"GET": [(status, code)] * 100}) as server:
+        _point_at(monkeypatch, server.endpoint_url, attempts=6)
+        assert reason in _storage_error(storage.read_bytes, "s3://bucket/mix.wav")
+        assert server.count("GET") == 1
+
+
+def test_permanent_errors_fail_at_once_on_the_real_server(
+    s3_env: S3Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(storage, "_FIRST_WAIT_S", 5.0)  # any retry would cost 2.5 s or more
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "6")
+    url = f"s3://{s3_env.shared_bucket}/retry/x.bin"
+    storage.write_bytes(url, b"x")
+    cases = [
+        (storage.read_bytes, f"s3://{s3_env.shared_bucket}/retry/missing.bin", ": not found"),
+        (storage.read_bytes, "s3://no-such-bucket-4d1e/x.bin", ": bucket does not exist"),
+        (storage.remove, f"s3://{s3_env.shared_bucket}/retry/missing.bin", ": not found"),
+    ]
+    for fn, target, reason in cases:
+        t0 = time.monotonic()
+        assert _storage_error(fn, target).endswith(reason)
+        assert time.monotonic() - t0 < 2.0
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong-secret")
+    t0 = time.monotonic()
+    assert "access denied" in _storage_error(storage.read_bytes, url)
+    assert time.monotonic() - t0 < 2.0

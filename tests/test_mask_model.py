@@ -4,9 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from auralflow_dist import session
 from auralflow_dist.config import ModelConfig, TrainerConfig, from_dict
-from auralflow_dist.errors import CheckpointError, ConfigError
+from auralflow_dist.errors import ConfigError
 from auralflow_dist.models import registry
 from auralflow_dist.models.mask_model import SpectrogramMaskModel
 
@@ -195,44 +194,6 @@ def test_save_and_load_round_trip_with_weights_only(tmp_path):
     loaded = SpectrogramMaskModel.from_checkpoint(str(ckpt), device="cpu")
     x = torch.randn(1, 4000)
     assert torch.allclose(loaded.separate(x), m.separate(x))
-
-
-def test_checkpoint_with_pickled_code_is_refused(tmp_path):
-    m = SpectrogramMaskModel(small(), device="cpu")
-    session.save_network(str(tmp_path), m.config, m.model)
-
-    class Evil:
-        def __reduce__(self):
-            return (print, ("pwned",))
-
-    torch.save({"x": Evil()}, tmp_path / "weights.pt")
-    with pytest.raises(CheckpointError, match=r"weights\.pt"):
-        session.load_network(str(tmp_path))
-
-
-def test_mismatched_weights_are_a_clear_error(tmp_path):
-    m = SpectrogramMaskModel(small(), device="cpu")
-    session.save_network(str(tmp_path), small(hidden_channels=8), m.model)
-    with pytest.raises(CheckpointError, match="do not match"):
-        session.load_network(str(tmp_path))
-
-
-def test_download_checks_sha256(tmp_path):
-    m = SpectrogramMaskModel(small(), device="cpu")
-    src = tmp_path / "src"
-    session.save_network(str(src), m.config, m.model)
-    digest = session.sha256_of(str(src / "weights.pt"))
-    dest = session.download(f"file://{src}", str(tmp_path / "dst"), sha256=digest)
-    assert session.load_network(dest)[0] == m.config
-    with pytest.raises(CheckpointError, match="SHA-256"):
-        session.download(str(src), str(tmp_path / "bad"), sha256="0" * 64)
-    assert not (tmp_path / "bad").exists()
-
-
-def test_resolve_model_dir_prefers_best(tmp_path):
-    m = SpectrogramMaskModel(small(), device="cpu")
-    session.save_network(str(tmp_path / "best"), m.config, m.model)
-    assert session.resolve_model_dir(str(tmp_path)).endswith("best")
 
 
 def _one_batch(m: SpectrogramMaskModel) -> None:

@@ -106,15 +106,20 @@ def save_tensors(directory: str, name: str, obj: Any) -> None:
     storage.write_bytes(storage.join(directory, name), tensor_bytes(obj))
 
 
+def _checkpoint_bytes(url: str) -> bytes:
+    """A checkpoint file's bytes; a missing one is a CheckpointError naming it."""
+    try:
+        return storage.read_bytes(url)
+    except StorageError as err:
+        raise CheckpointError(f"{url}: checkpoint file missing ({err})") from None
+
+
 def load_tensors(directory: str, name: str, map_location: str | torch.device = "cpu") -> Any:
     """Load ``directory/name`` without unpickling arbitrary objects."""
     import torch
 
     url = storage.join(directory, name)
-    try:
-        data = storage.read_bytes(url)
-    except StorageError as err:
-        raise CheckpointError(f"{url}: checkpoint file missing ({err})") from None
+    data = _checkpoint_bytes(url)
     try:
         return torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
     except Exception as err:  # torch raises UnpicklingError, RuntimeError, EOFError, ...
@@ -176,10 +181,7 @@ def write_state(directory: str, state: Mapping[str, Any]) -> None:
 
 def read_state(directory: str) -> dict[str, Any]:
     url = storage.join(directory, STATE_JSON)
-    try:
-        data = storage.read_bytes(url)
-    except StorageError as err:
-        raise CheckpointError(f"{url}: checkpoint file missing ({err})") from None
+    data = _checkpoint_bytes(url)
     try:
         state = json.loads(data)
     except ValueError as err:  # JSONDecodeError and UnicodeDecodeError both are

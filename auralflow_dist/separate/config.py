@@ -61,6 +61,11 @@ class SeparateConfig:
         False, "redo tracks already separated (default: skip them)", switch=True
     )
     block_seconds: float = option(30.0, "seconds decoded and separated at a time; bounds memory")
+    read_timeout: float = option(
+        300.0,
+        "seconds a read of one block may stall (a hung mount or object store) before that "
+        "file fails as a timeout",
+    )
     address: str | None = option(
         None, "Ray cluster address (default: RAY_ADDRESS, else a local Ray)"
     )
@@ -103,6 +108,8 @@ class SeparateConfig:
                 )
         if not self.block_seconds > 0:
             raise ConfigError("block_seconds", f"must be positive, not {self.block_seconds}")
+        if not 0 < self.read_timeout < float("inf"):
+            raise ConfigError("read_timeout", f"must be positive seconds, not {self.read_timeout}")
         if self.metrics_port is not None and not 0 < self.metrics_port < 65536:
             raise ConfigError("metrics_port", f"must be in 1..65535, not {self.metrics_port}")
         return self

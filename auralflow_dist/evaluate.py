@@ -13,13 +13,21 @@ of the other stems):
   results are quoted in; target and residual scored together as one track's sources.
 
 Median and mean rows follow the tracks (SiSEC reports medians).
+
+A track that fails is a row with an ``error`` instead of scores, and ``eval.csv`` always has
+every track. A worker process that dies (killed, out of memory) is restarted and its track
+retried, as in the separation job; one that has killed its worker `MAX_ATTEMPTS` times is an
+error row. A progress line (tracks done, elapsed, ETA) is printed every `PROGRESS_INTERVAL_S`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import posixpath
 import time
+import uuid
 from typing import Any
 
 import numpy as np
@@ -27,14 +35,19 @@ import ray
 import torch
 
 from auralflow_dist import allocator, storage, tables, visualize
+from auralflow_dist.attempts import MAX_ATTEMPTS, AttemptLog
 from auralflow_dist.config import EvalConfig
 from auralflow_dist.data import manifest
 from auralflow_dist.data.decode import read_source
 from auralflow_dist.errors import AuralflowError
 from auralflow_dist.metrics import bsseval_sdr, sdr, si_sdr, si_snr
 from auralflow_dist.models.separator import Separator
+from auralflow_dist.progress import Ticker, clock, eta
 
 METRICS = ("si_sdr", "si_snr", "sdr", "si_sdri")
+PROGRESS_INTERVAL_S = 30.0
+# Test hook: ``name=n[,name=n]``: the worker exits (a real crash) on its first n tries of a track.
+CRASH_ENV = "AURALFLOW_TEST_CRASH"
 
 
 def _full(track: manifest.Track, name: str) -> np.ndarray:
@@ -91,24 +104,42 @@ class TrackScorer:
         bsseval: bool,
         padding: int,
         batch_size: int,
+        log: AttemptLog,
+        crashes: dict[str, int],
     ) -> None:
         storage.configure(s3)
         device = "cuda" if torch.cuda.is_available() else "cpu"
         self.model = Separator.from_checkpoint(model_url, device=device)
         self.bsseval = bsseval
         self.padding, self.batch_size = padding, batch_size
+        self.log, self.crashes = log, crashes
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list[str]]:
         """Rows as JSON: an error row has other columns than a scored one."""
-        rows = []
-        for text in batch["track"]:
-            track = manifest.Track(**json.loads(text))
-            try:
-                row = score_track(self.model, track, self.bsseval, self.padding, self.batch_size)
-            except AuralflowError as err:
-                row = {"track": track.name, "error": str(err)}
-            rows.append(json.dumps(row))
-        return {"row": rows}
+        rows = [self._row(manifest.Track(**json.loads(text))) for text in batch["track"]]
+        return {"row": [json.dumps(row) for row in rows]}
+
+    def _row(self, track: manifest.Track) -> dict[str, Any]:
+        try:
+            deaths = len(self.log.earlier(track.name))  # one track at a time: each one its own
+            if deaths >= MAX_ATTEMPTS:
+                error = f"{track.name}: the worker process died {deaths} times scoring this track"
+                return {"track": track.name, "error": error}
+            self.log.begin(track.name, alone=True)
+            if deaths < self.crashes.get(track.name, 0):
+                os._exit(1)
+            return score_track(self.model, track, self.bsseval, self.padding, self.batch_size)
+        except AuralflowError as err:
+            error = str(err)
+        except Exception as err:  # one track must never stop the evaluation
+            error = f"{track.name}: {type(err).__name__}: {err}"
+        return {"track": track.name, "error": storage.redact(error)}
+
+
+def _crashes(spec: str) -> dict[str, int]:
+    """`CRASH_ENV`'s ``name=n,...`` as ``{name: n}``."""
+    pairs = (item.rsplit("=", 1) for item in spec.split(",") if item)
+    return {name: int(times) for name, times in pairs}
 
 
 def _summary_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -137,6 +168,7 @@ def evaluate(config: EvalConfig) -> tuple[str, list[dict[str, Any]]]:
     # work, so none waits behind a busy actor while another is idle.
     # Tracks travel in the rows: constructor arguments would go through the object store.
     items = [{"track": json.dumps(dataclasses.asdict(t))} for t in tracks]
+    log = AttemptLog(posixpath.dirname(config.csv_url), uuid.uuid4().hex)
     dataset = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
         TrackScorer,
         batch_size=1,
@@ -152,20 +184,53 @@ def evaluate(config: EvalConfig) -> tuple[str, list[dict[str, Any]]]:
             "bsseval": config.bsseval,
             "padding": config.padding,
             "batch_size": config.batch_size,
+            "log": log,
+            "crashes": _crashes(os.environ.get(CRASH_ENV, "")),
         },
     )
-    rows: list[dict[str, Any]] = []
-    for batch in dataset.iter_batches(batch_size=None, prefetch_batches=0):
-        for text in batch["row"]:
-            row = json.loads(text)
-            rows.append(row)
-            status = row.get("error") or f"target SI-SDR {row['target_si_sdr']:+.2f} dB"
-            print(f"[test] {len(rows)}/{len(tracks)} {row['track']}: {status}", flush=True)
+    try:
+        rows, stopped = _collect(dataset, len(tracks))
+    finally:
+        log.remove()
+    done = {r["track"] for r in rows}
+    rows += [
+        {"track": t.name, "error": f"not scored: {stopped or 'no result came back'}"}
+        for t in tracks
+        if t.name not in done
+    ]
     rows.sort(key=lambda r: r["track"])
     rows += _summary_rows(rows)
     tables.write_rows(config.csv_url, rows, float_format=".4f")
     _plot(config, rows)
     return config.csv_url, rows
+
+
+def _collect(dataset: ray.data.Dataset, total: int) -> tuple[list[dict[str, Any]], str]:
+    """The rows as they come, a line each, and why the run stopped early ("" if it did not)."""
+    rows: list[dict[str, Any]] = []
+    start = time.monotonic()
+
+    def line() -> str:
+        elapsed = time.monotonic() - start
+        return (
+            f"[test] progress: {len(rows)}/{total} tracks, {clock(elapsed)} elapsed, "
+            f"ETA {eta(len(rows), total, elapsed)}"
+        )
+
+    try:
+        with Ticker(line, lambda text: print(text, flush=True)).running(PROGRESS_INTERVAL_S):
+            for batch in dataset.iter_batches(batch_size=None, prefetch_batches=0):
+                for text in batch["row"]:
+                    row = json.loads(text)
+                    rows.append(row)
+                    status = row.get("error") or f"target SI-SDR {row['target_si_sdr']:+.2f} dB"
+                    print(f"[test] {len(rows)}/{total} {row['track']}: {status}", flush=True)
+    except Exception as err:  # Ray gave up: the rows so far are kept, the rest marked
+        first = (str(err).strip().splitlines() or [""])[0]
+        stopped = storage.redact(f"the evaluation stopped ({type(err).__name__}: {first})")
+        print(f"[test] {stopped} after {len(rows)}/{total} tracks", flush=True)
+        return rows, stopped
+    return rows, ""
 
 
 def _plot(config: EvalConfig, rows: list[dict[str, Any]]) -> None:

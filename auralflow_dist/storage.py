@@ -375,9 +375,29 @@ def _install_retries(fs: fsspec.AbstractFileSystem, policy: RetryPolicy) -> None
         fs._auralflow_retry = (client, policy)
 
 
+def _is_chain(url: str) -> bool:
+    """Whether ``url`` chains filesystems (``simplecache::s3://b/k``) rather than holding ``::``
+    in a name (``s3://b/a::b.wav``): in a chain, every part after a ``::`` names a protocol."""
+    if "::" not in url:
+        return False
+    known = set(fsspec.available_protocols())
+    return all(p in known or split_protocol(p)[0] in known for p in url.split("::")[1:])
+
+
+def _url_to_fs(url: str, kwargs: dict[str, Any]) -> tuple[fsspec.AbstractFileSystem, str]:
+    """fsspec's ``url_to_fs``, except that a ``::`` outside a chain stays part of the name."""
+    if "::" not in url or _is_chain(url):
+        return url_to_fs(url, **kwargs)
+    cls = fsspec.get_filesystem_class(split_protocol(url)[0] or "file")
+    protocol = cls.protocol if isinstance(cls.protocol, str) else cls.protocol[0]
+    options = {**cls._get_kwargs_from_urls(url), **kwargs}
+    return fsspec.filesystem(protocol, **options), cls._strip_protocol(url)
+
+
 def filesystem(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
     """The filesystem for ``url`` and the path inside it; S3 gets the current settings."""
-    layers = [split_protocol(part)[0] for part in url.split("::")]
+    parts = url.split("::") if _is_chain(url) else [url]
+    layers = [split_protocol(part)[0] for part in parts]
     s3_layers = [p for p in layers if p in S3_PROTOCOLS]
     kwargs: dict[str, Any] = {}
     settings = current_settings() if s3_layers else None
@@ -386,7 +406,7 @@ def filesystem(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
         kwargs = options if len(layers) == 1 else {p: options for p in s3_layers}
     try:
         # fsspec caches instances per arguments (and per process), so this is cheap to repeat.
-        fs, path = url_to_fs(url, **kwargs)
+        fs, path = _url_to_fs(url, kwargs)
     except (ValueError, ImportError) as err:
         raise StorageError(redact(f"{mask_url(url)}: unsupported URL ({err})")) from err
     if settings is not None:

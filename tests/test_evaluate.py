@@ -1,9 +1,11 @@
-"""`auralflow test` on a real local Ray: a Ray Data actor pool scores the test tracks."""
+"""`auralflow test` on a real local Ray (an actor pool scores the test tracks; workers die for real),
+and a run that stops part-way: every track still gets a row."""
 
 from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 import os
 import re
@@ -13,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 
+from auralflow_dist import evaluate as evaluation
 from auralflow_dist import storage
 from auralflow_dist.config import EvalConfig, ModelConfig
 from auralflow_dist.data import manifest
@@ -21,20 +24,17 @@ from auralflow_dist.evaluate import evaluate
 from auralflow_dist.models.registry import build_network
 from auralflow_dist.session import save_network
 
-pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_local")]
-
 CELL = re.compile(r"-?\d+\.\d{4}|nan")
+PROGRESS = re.compile(r"\[test\] progress: [0-3]/3 tracks, \w+ elapsed, ETA (\w+|unknown)")
 
 
-def test_every_test_track_is_a_row_and_a_broken_one_says_why(tmp_path: Path, capsys) -> None:
+def _test_split_and_session(tmp_path: Path) -> tuple[str, str, list[manifest.Track]]:
+    """A dataset of three 2 s test tracks and an untrained tiny model's session."""
     data = str(tmp_path / "data")
     write_dataset(data, tracks=6, seconds=2.0, seed=0, sample_rate=8000, test_fraction=0.5)
     manifest_url, _ = manifest.prepare(data)
     tracks = manifest.tracks(manifest.read_manifest(manifest_url), "test")
     assert len(tracks) == 3
-    # A file gone after the manifest was written: that track is an error row, the rest are scored.
-    broken = tracks[1]
-    os.remove(broken.stem_url("vocals"))
     config = ModelConfig(
         hidden_channels=4,
         sample_rate=8000,
@@ -46,11 +46,29 @@ def test_every_test_track_is_a_row_and_a_broken_one_says_why(tmp_path: Path, cap
     torch.manual_seed(0)
     session = str(tmp_path / "session")
     save_network(session, config, build_network(config))
+    return data, session, tracks
+
+
+def _track_lines(out: str) -> list[str]:
+    return [
+        line
+        for line in out.splitlines()
+        if line.startswith("[test] ") and not PROGRESS.fullmatch(line)
+    ]
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("ray_local")
+def test_every_test_track_is_a_row_and_a_broken_one_says_why(tmp_path: Path, capsys) -> None:
+    data, session, tracks = _test_split_and_session(tmp_path)
+    # A file gone after the manifest was written: that track is an error row, the rest are scored.
+    broken = tracks[1]
+    os.remove(broken.stem_url("vocals"))
 
     url, rows = evaluate(EvalConfig(session=session, dataset=data, workers=2))
 
     assert url == storage.join(session, "eval.csv")
-    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[test] ")]
+    lines = _track_lines(capsys.readouterr().out)
     assert sorted(line.split(" ", 2)[1] for line in lines) == ["1/3", "2/3", "3/3"]
     (failed,) = [line for line in lines if broken.name in line]
     assert "vocals" in failed and "SI-SDR" not in failed
@@ -73,3 +91,44 @@ def test_every_test_track_is_a_row_and_a_broken_one_says_why(tmp_path: Path, cap
             assert CELL.fullmatch(row["target_si_sdr"]) and CELL.fullmatch(row["duration"])
             assert math.isfinite(float(row["target_si_sdr"]))
     assert Path(session, "eval.png").read_bytes().startswith(b"\x89PNG")
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("ray_local")
+def test_a_dying_worker_is_retried_and_a_track_that_keeps_killing_it_is_an_error_row(
+    tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data, session, tracks = _test_split_and_session(tmp_path)
+    once, always, fine = (t.name for t in tracks)
+    # Real deaths: the scoring process exits, once on one track and on every try of another.
+    monkeypatch.setenv(evaluation.CRASH_ENV, f"{once}=1,{always}=99")
+    monkeypatch.setattr(evaluation, "PROGRESS_INTERVAL_S", 0.5)
+
+    url, rows = evaluate(EvalConfig(session=session, dataset=data, workers=2))
+
+    out = capsys.readouterr().out
+    assert any(PROGRESS.fullmatch(line) for line in out.splitlines()), out
+    by_name = {r["track"]: r for r in rows}
+    assert "error" not in by_name[once] and "error" not in by_name[fine]
+    died = f"the worker process died {evaluation.MAX_ATTEMPTS} times scoring this track"
+    assert by_name[always] == {"track": always, "error": f"{always}: {died}"}
+    table = list(csv.DictReader(io.StringIO(Path(url).read_text())))
+    assert [r["track"] for r in table] == [*sorted([once, always, fine]), "median", "mean"]
+    for row in table[:3]:
+        assert bool(row["error"]) == (row["track"] == always)
+        assert (row["target_si_sdr"] == "") == (row["track"] == always)
+
+
+class _GivesUpAfterOneTrack:
+    """A dataset whose run fails (Ray gave up) after the first track's row."""
+
+    def iter_batches(self, **_):
+        yield {"row": [json.dumps({"track": "a", "target_si_sdr": 1.0})]}
+        raise RuntimeError("all workers lost\n<a long traceback>")
+
+
+def test_rows_got_before_the_run_fails_are_kept_with_a_one_line_reason(capsys) -> None:
+    rows, stopped = evaluation._collect(_GivesUpAfterOneTrack(), total=2)
+    assert rows == [{"track": "a", "target_si_sdr": 1.0}]
+    assert stopped == "the evaluation stopped (RuntimeError: all workers lost)"
+    assert f"[test] {stopped} after 1/2 tracks" in capsys.readouterr().out

@@ -73,7 +73,8 @@ def _source(url: str) -> Iterator[str | IO[bytes]]:
     """What soundfile opens: the OS path of a local file, else a file object with ranged reads."""
     local = storage.local_path(url)
     if local is not None:
-        if storage.size(url) == 0:
+        # A named pipe or device has no size; libsndfile reads it as a stream.
+        if storage.size(url) == 0 and os.path.isfile(local):
             raise AudioError(f"{url}: is empty (0 bytes)")
         yield local
         return

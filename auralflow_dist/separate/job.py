@@ -2,28 +2,35 @@
 
 The driver lists the files, then streams them through an actor pool (each actor loads the model
 once and separates whole files with `TrackSeparator`, on CPU one per CPU side by side), and
-counts the results as they come back: progress lines, Prometheus series, and at the end the
-``_results`` table.
+counts the results as they come back: progress lines, Prometheus series, and the ``_results``
+table, rewritten as results come in and written once more however the job ends (a SIGTERM
+from ``ray job stop`` or Kubernetes included).
 
 A worker process that dies (killed, out of memory, a crash in a decoder) is restarted and its
 files are retried: Ray Data's actor pools default to ``max_restarts=-1, max_task_retries=-1``
-(Ray 2.60; passing them explicitly is deprecated). A file that has killed its worker
-`MAX_ATTEMPTS` times is reported as failed instead, so one poisonous file cannot stop the job.
-(A death counts against every file the worker had started, those beside the culprit too; a
-re-run retries them.)
+(Ray 2.60; passing them explicitly is deprecated). A death is charged only to a file that can
+have caused it: one the worker was separating alone. A file started side by side with others
+whose worker died is re-run alone on its actor (the others wait), so a poisonous file is found
+after `MAX_ATTEMPTS` deaths alone and reported as failed, while its neighbours, re-run alone
+once, are not. The attempts live in storage (`AttemptLog`, under ``<save>/_attempts/<run id>``,
+removed at the end), not in a process: nothing the job could lose in a crash (an actor killed by
+Ray's OOM monitor) holds them, and every worker on every node reads the same ones.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import json
 import os
 import posixpath
+import signal
+import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -31,21 +38,20 @@ import ray
 import torch
 
 from auralflow_dist import allocator, observability, runtime, session, storage
-from auralflow_dist.errors import AudioError, ConfigError
+from auralflow_dist.attempts import MAX_ATTEMPTS, AttemptLog
+from auralflow_dist.errors import AudioError, ConfigError, StorageError
 from auralflow_dist.models.separator import Separator
 from auralflow_dist.separate.config import SeparateConfig
 from auralflow_dist.separate.results import (
     FileResult,
+    ResultsTable,
     SeparationSummary,
     Tally,
     merge_columns,
-    write_table,
 )
-from auralflow_dist.separate.sources import Source, list_sources
+from auralflow_dist.separate.sources import JOB_NAME, Source, list_sources
 from auralflow_dist.separate.track import TrackSeparator, fingerprint
 
-MAX_ATTEMPTS = 3
-JOB_NAME = "_job.json"
 # Test hook: the worker exits (a real crash) the first time it is handed a file of this name.
 CRASH_ONCE_ENV = "AURALFLOW_SEPARATE_CRASH_ONCE"
 _MAX_BLOCKS = 10_000  # Ray Data blocks (units of scheduling and retry); one file each below this
@@ -56,16 +62,34 @@ _FILES_QUEUED_PER_ACTOR = 1
 _PUSH_INTERVAL_S = 15.0
 
 
-@ray.remote(num_cpus=0)
-class AttemptLedger:
-    """How often each file has been handed to a worker in this run (survives worker deaths)."""
+class _Gate:
+    """Lets files run side by side, or one alone: that one waits for the others to finish, and
+    holds back those that come after it until it is done."""
 
     def __init__(self) -> None:
-        self.counts: Counter[str] = Counter()
+        self.cond = threading.Condition()
+        self.running = 0
+        self.alone_running = False
+        self.alone_waiting = 0
 
-    def begin(self, url: str) -> int:
-        self.counts[url] += 1
-        return self.counts[url]
+    @contextlib.contextmanager
+    def enter(self, alone: bool) -> Iterator[None]:
+        with self.cond:
+            if alone:
+                self.alone_waiting += 1
+                self.cond.wait_for(lambda: self.running == 0)
+                self.alone_waiting -= 1
+            else:
+                self.cond.wait_for(lambda: not self.alone_running and not self.alone_waiting)
+            self.running += 1
+            self.alone_running = alone
+        try:
+            yield
+        finally:
+            with self.cond:
+                self.running -= 1
+                self.alone_running = False
+                self.cond.notify_all()
 
 
 class FileSeparator:
@@ -79,37 +103,59 @@ class FileSeparator:
         run_id: str,
         s3: storage.S3Settings,
         threads: int,
-        ledger: Any,
+        at_once: int,
         crash_once: str,
     ) -> None:
         storage.configure(s3)
         torch.set_num_threads(threads)
         separator = Separator.from_checkpoint(model_dir)
         self.separate = TrackSeparator(separator, job, model_key, run_id)
-        self.ledger, self.crash_once = ledger, crash_once
+        self.log = AttemptLog(job.save, run_id)
+        self.at_once, self.crash_once = at_once, crash_once
+        self.gate = _Gate()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list[Any]]:
-        results = []
-        for url, track in zip(batch["url"], batch["track"], strict=True):
-            source = Source(str(url), str(track))
-            attempt = ray.get(self.ledger.begin.remote(source.url))
-            if attempt > MAX_ATTEMPTS:
-                result = FileResult(
-                    source.url,
-                    source.track,
-                    attempts=attempt - 1,
-                    error=(
-                        f"{storage.mask_url(source.url)}: the worker process died "
-                        f"{attempt - 1} times while separating this file"
-                    ),
-                )
-            else:
-                if attempt == 1 and posixpath.basename(source.url) == self.crash_once:
-                    os._exit(1)
-                result = self.separate(source)
-                result.attempts = attempt
-            results.append(result)
-        return merge_columns(results)
+        sources = [
+            Source(str(u), str(t)) for u, t in zip(batch["url"], batch["track"], strict=True)
+        ]
+        return merge_columns([self.attempt(s) for s in sources])
+
+    def attempt(self, source: Source) -> FileResult:
+        """Separate ``source``, alone if an earlier attempt died; fail it after `MAX_ATTEMPTS`
+        deaths alone."""
+        try:
+            earlier = self.log.earlier(source.url)
+        except StorageError as err:
+            return self._unrecorded(source, err, attempts=0)
+        own = sum(earlier)
+        if own >= MAX_ATTEMPTS:
+            return FileResult(
+                source.url,
+                source.track,
+                attempts=len(earlier),
+                error=(
+                    f"{storage.mask_url(source.url)}: the worker process died {own} times "
+                    f"while separating this file alone ({len(earlier)} attempts in all)"
+                ),
+            )
+        # With one file at a time per actor, every file runs alone.
+        alone = bool(earlier) or self.at_once == 1
+        with self.gate.enter(alone):
+            try:
+                self.log.begin(source.url, alone)
+            except StorageError as err:
+                return self._unrecorded(source, err, attempts=len(earlier))
+            if not earlier and posixpath.basename(source.url) == self.crash_once:
+                os._exit(1)
+            result = self.separate(source)
+        result.attempts = len(earlier) + 1
+        return result
+
+    @staticmethod
+    def _unrecorded(source: Source, err: StorageError, attempts: int) -> FileResult:
+        """The row of a file whose attempt cannot be read or recorded (storage down)."""
+        error = f"{storage.mask_url(source.url)}: cannot keep its attempts ({err})"
+        return FileResult(source.url, source.track, attempts=attempts, error=error)
 
 
 def _resources(
@@ -167,6 +213,48 @@ def _metrics(job: SeparateConfig, label: str, echo: Callable[[str], None]) -> Ca
     return push
 
 
+def _collect(
+    dataset: ray.data.Dataset, table: ResultsTable, tally: Tally, push: Callable[[], None]
+) -> None:
+    """Count the results into ``table`` and ``tally`` as they land, pushing metrics now and then."""
+    last_push = time.monotonic()
+    # Whole blocks (one file each), none prefetched: each result is counted as it lands.
+    for batch in dataset.iter_batches(batch_size=None, prefetch_batches=0):
+        for result in FileResult.from_batch(batch):
+            table.add(result)
+            tally.add(result)
+        table.update()
+        if time.monotonic() - last_push >= _PUSH_INTERVAL_S:
+            push()
+            last_push = time.monotonic()
+
+
+@contextlib.contextmanager
+def _sigterm_as_exit() -> Iterator[None]:
+    """A SIGTERM (``ray job stop``, Kubernetes) raises SystemExit inside, so that the job's
+    ``finally`` writes the table; Python's default is to die on the spot. Main thread only."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame: Any) -> None:
+        raise SystemExit(f"SIGTERM (signal {signum})")
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _drop(log: AttemptLog, echo: Callable[[str], None]) -> None:
+    """Remove the run's attempt ledger; storage that fails now is a warning, not the job's end."""
+    try:
+        log.remove()
+    except StorageError as err:
+        echo(f"warning: cannot remove the attempt ledger ({err})")
+
+
 def run_separation(job: SeparateConfig, echo: Callable[[str], None] = print) -> SeparationSummary:
     """Separate every audio file of ``job.audio`` into ``job.save``; see the module docstring."""
     job.validate()
@@ -220,7 +308,7 @@ def run_separation(job: SeparateConfig, echo: Callable[[str], None] = print) -> 
         f"({gpus:g} GPU, {cpus:g} CPU, {at_once} file(s) at a time each) "
         f"into {storage.mask_url(job.save)}"
     )
-    ledger = AttemptLedger.remote()
+    log = AttemptLog(job.save, run_id)
     rows = [{"url": s.url, "track": s.track} for s in sources]
     dataset = ray.data.from_items(rows, override_num_blocks=min(len(rows), _MAX_BLOCKS))
     dataset = dataset.map_batches(
@@ -242,28 +330,21 @@ def run_separation(job: SeparateConfig, echo: Callable[[str], None] = print) -> 
             "run_id": run_id,
             "s3": storage.current_settings(),
             "threads": max(1, int(cpus) // at_once),
-            "ledger": ledger,
+            "at_once": at_once,
             "crash_once": os.environ.get(CRASH_ONCE_ENV, ""),
         },
     )
     tally = Tally(len(sources), label, echo)
-    results: dict[str, FileResult] = {}
-    last_push = time.monotonic()
+    table = ResultsTable(job.save, sources, echo)
     try:
-        # Whole blocks (one file each), none prefetched: each result is counted as it lands.
-        for batch in dataset.iter_batches(batch_size=None, prefetch_batches=0):
-            for result in FileResult.from_batch(batch):
-                results[result.input_url] = result
-                tally.add(result)
-            if time.monotonic() - last_push >= _PUSH_INTERVAL_S:
-                push()
-                last_push = time.monotonic()
+        with _sigterm_as_exit(), tally.heartbeat(also=table.update):
+            _collect(dataset, table, tally, push)
+    except BaseException as err:
+        table.stopped(err)
+        raise
     finally:
-        ray.kill(ledger)
-    rows_out = [
-        results.get(s.url) or FileResult(s.url, s.track, error="never processed") for s in sources
-    ]
-    parquet_url, csv_url = write_table(job.save, rows_out)
+        _drop(log, echo)
+    rows_out, parquet_url, csv_url = table.finish()
     push()
     counts = Counter(r.status for r in rows_out)
     return SeparationSummary(

@@ -1,22 +1,35 @@
 """One row per input file, the ``_results`` table they make, and the driver's running tally.
 
 Rows travel from the workers to the driver through Ray Data as plain columns; the driver prints
-progress and updates the Prometheus series as they stream in, and writes the table at the end.
+progress and updates the Prometheus series as they stream in. The table always lists every
+input: while the job runs it is rewritten (atomically) within `TABLE_INTERVAL_S` of a result
+coming in, with the files still to do as ``pending``, and once more when the job ends or
+stops, a file never processed then being a failed row that says so. A progress line comes at
+least every `HEARTBEAT_S`, even while no file finishes (one 3-hour file).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from auralflow_dist import observability, storage, tables
+from auralflow_dist.errors import StorageError
+from auralflow_dist.progress import Ticker, clock, eta
 
-OK, FAILED, SKIPPED = "ok", "failed", "skipped"
+if TYPE_CHECKING:
+    from auralflow_dist.separate.sources import Source
+
+OK, FAILED, SKIPPED, PENDING = "ok", "failed", "skipped", "pending"
 RESULTS_NAME = "_results"
+TABLE_INTERVAL_S = 30.0  # seconds between rewrites of the table while the job runs
+HEARTBEAT_S = 30.0  # the most seconds between progress lines
 
 
 @dataclass
@@ -25,7 +38,7 @@ class FileResult:
 
     input_url: str
     track: str  # output folder, relative to --save
-    status: str = FAILED  # ok | failed | skipped
+    status: str = FAILED  # ok | failed | skipped (| pending, in a table written mid-run)
     error: str = ""
     duration_s: float = math.nan  # audio separated (after --duration trimming)
     seconds: float = math.nan  # wall-clock seconds this file took
@@ -36,7 +49,7 @@ class FileResult:
     target_url: str = ""
     residual_url: str = ""
     trimmed: bool = False  # --duration cut the file short
-    attempts: int = 1  # > 1 when a worker died on this file and it was retried
+    attempts: int = 1  # times started: > 1 when a worker died during it and it was retried
 
     @classmethod
     def from_batch(cls, batch: dict[str, Any]) -> list[FileResult]:
@@ -70,6 +83,58 @@ def write_table(save: str, results: list[FileResult]) -> tuple[str, str]:
         parquet_url=parquet_url,
     )
     return parquet_url, csv_url
+
+
+class ResultsTable:
+    """The ``_results`` table of one run: a row per source, whatever has come back so far.
+
+    Results are added by the driver's loop; `update` may run in the heartbeat thread too.
+    """
+
+    def __init__(self, save: str, sources: Iterable[Source], echo: Callable[[str], None]) -> None:
+        self.save, self.echo = save, echo
+        self.sources = list(sources)
+        self.results: dict[str, FileResult] = {}
+        self.lock, self.writing = threading.Lock(), threading.Lock()
+        self.written = time.monotonic()
+        self.changed = False
+
+    def add(self, result: FileResult) -> None:
+        with self.lock:
+            self.results[result.input_url] = result
+            self.changed = True
+
+    def rows(self, status: str, error: str) -> list[FileResult]:
+        """Every source's result, those not come back as ``status`` rows saying ``error``."""
+        with self.lock:
+            return [
+                self.results.get(s.url) or FileResult(s.url, s.track, status=status, error=error)
+                for s in self.sources
+            ]
+
+    def update(self) -> None:
+        """Write the table if results came in and `TABLE_INTERVAL_S` has passed since the last."""
+        if self.changed and time.monotonic() - self.written >= TABLE_INTERVAL_S:
+            self._try_write(PENDING, "not processed yet")
+
+    def stopped(self, why: BaseException) -> None:
+        """The last table of a job stopped by ``why``: the files not done fail, saying so."""
+        reason = type(why).__name__ + (f": {why}" if str(why) else "")
+        self._try_write(FAILED, storage.redact(f"not processed: the job stopped ({reason})"))
+
+    def finish(self) -> tuple[list[FileResult], str, str]:
+        """The rows and the URLs of the final table (storage failures raise)."""
+        rows = self.rows(FAILED, "never processed")
+        return (rows, *write_table(self.save, rows))
+
+    def _try_write(self, status: str, error: str) -> None:
+        """A table that cannot be written (storage down) is a warning: the job goes on."""
+        with self.writing:  # one at a time, so that an older table never lands last
+            self.written, self.changed = time.monotonic(), False
+            try:
+                write_table(self.save, self.rows(status, error))
+            except StorageError as err:
+                self.echo(f"warning: cannot write the results table ({err})")
 
 
 @dataclass
@@ -119,7 +184,7 @@ class Tally:
     ) -> None:
         self.total, self.job, self.echo, self.interval = total, job, echo, interval
         self.start = time.monotonic()
-        self.last_line = self.start
+        self.ticker = Ticker(self.line, echo)
         self.counts = {OK: 0, SKIPPED: 0, FAILED: 0}
         self.audio_seconds = 0.0
         observability.SEP_PENDING.labels(job=job).set(total)
@@ -142,14 +207,20 @@ class Tally:
         observability.SEP_PENDING.labels(job=self.job).set(self.total - self.done)
         if result.status == FAILED:
             self.echo(f"failed: {storage.redact(result.error)}")
-        now = time.monotonic()
-        if now - self.last_line >= self.interval or self.done == self.total:
-            self.last_line = now
-            self.echo(self.line())
+        self.ticker.tick(self.interval if self.done < self.total else 0.0)
+
+    def heartbeat(self, also: Callable[[], None] = lambda: None) -> AbstractContextManager[None]:
+        """A progress line at least every `HEARTBEAT_S` while inside, and a call of ``also``."""
+        return self.ticker.running(HEARTBEAT_S, also)
 
     def line(self) -> str:
+        done, elapsed = self.done, self.elapsed
+        # Files left at the pace so far; skipped files come fast and make it an underestimate
+        # early on, so it is only given once a file has been done.
+        left = f", ETA {eta(done, self.total, elapsed)}" if 0 < done < self.total else ""
         return (
-            f"{self.done}/{self.total} files ({self.counts[SKIPPED]} skipped, "
+            f"{done}/{self.total} files ({self.counts[SKIPPED]} skipped, "
             f"{self.counts[FAILED]} failed), {self.audio_seconds / 3600:.2f} h audio, "
-            f"{self.audio_seconds / max(self.elapsed, 1e-9):.1f}x real time"
+            f"{self.audio_seconds / max(elapsed, 1e-9):.1f}x real time, "
+            f"{clock(elapsed)} elapsed{left}"
         )

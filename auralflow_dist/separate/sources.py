@@ -6,18 +6,35 @@ gives the seeds' ``<save>/<song>/vocals.wav``, and two ``intro.wav`` in differen
 apart. A MUSDB-style ``<track>/mixture.wav`` is named after its folder (``<save>/<track>/``).
 Where two inputs still land on one name (``a/x.wav`` beside ``a/x.flac``, or ``a/x.wav`` beside
 ``a/x/mixture.wav``), each of them keeps its file name instead: ``<save>/a/x.wav/``.
+
+The mapping is one-to-one whatever the names, compared case-insensitively (a macOS or Windows
+disk folds case). A name that would still clash gets ``~`` and a hash of its input path on the
+part that clashes: one already taken (``x.wav`` beside ``x.flac`` and ``x.wav.wav``), one of the
+job's own files at the top of ``--save`` (an input ``_results.csv.wav``), or a name inside
+another track's folder that its outputs could take (``x/vocals.wav`` when ``x`` is a track).
 """
 
 from __future__ import annotations
 
+import hashlib
 import posixpath
 from collections import Counter
 from dataclasses import dataclass
 
 from auralflow_dist import storage
+from auralflow_dist.attempts import LEDGER_NAME
 from auralflow_dist.errors import AudioError
+from auralflow_dist.separate.config import FORMATS
+from auralflow_dist.separate.results import RESULTS_NAME
 
 AUDIO_EXTENSIONS = ("wav", "flac", "ogg", "mp3")
+JOB_NAME = "_job.json"  # the run's provenance, at the top of --save
+# What the job writes at the top of --save; no track may be named so.
+JOB_FILES = (JOB_NAME, LEDGER_NAME, f"{RESULTS_NAME}.parquet", f"{RESULTS_NAME}.csv")
+# In a track's folder the job writes stems (<target>.wav, residual.flac) and a marker
+# (`track.DONE_NAME`); a nested track of such a name would clash with them.
+_OUTPUT_SUFFIXES = tuple("." + f for f in FORMATS)
+_TRACK_FILES = ("_done.json",)
 _MUSDB_MIXTURE = "mixture"
 
 
@@ -33,11 +50,15 @@ def list_sources(audio_url: str, exclude: str | None = None) -> list[Source]:
     """Every audio file at or under ``audio_url``, sorted, except those under ``exclude``.
 
     ``exclude`` is the output folder: when it lies inside the input folder, a re-run must not
-    separate the previous run's stems.
+    separate the previous run's stems. A single file named as the input is separated wherever
+    it lies: it was asked for.
     """
     storage.check_readable(audio_url)
     if storage.is_dir(audio_url):
         urls = storage.find_files(audio_url, AUDIO_EXTENSIONS)
+        if exclude is not None:
+            inside = _path(exclude).rstrip("/") + "/"
+            urls = [u for u in urls if not _path(u).startswith(inside)]
         root = audio_url.rstrip("/")
         relative = [u[len(root) + 1 :] for u in urls]
     else:
@@ -48,10 +69,6 @@ def list_sources(audio_url: str, exclude: str | None = None) -> list[Source]:
                 f"{storage.mask_url(audio_url)}: not an audio file "
                 f"(expected {', '.join('.' + e for e in AUDIO_EXTENSIONS)})"
             )
-    if exclude is not None:
-        inside = _path(exclude).rstrip("/") + "/"
-        keep = [i for i, u in enumerate(urls) if not _path(u).startswith(inside)]
-        urls, relative = [urls[i] for i in keep], [relative[i] for i in keep]
     return [Source(u, t) for u, t in zip(urls, track_names(relative), strict=True)]
 
 
@@ -70,7 +87,39 @@ def track_name(relative: str) -> str:
 
 
 def track_names(relative: list[str]) -> list[str]:
-    """`track_name` of each path; inputs that would share a name keep their file names."""
+    """A distinct output folder for each input path: `track_name`, else its file name, else
+    that with a hash (see the module docstring)."""
     names = [track_name(r) for r in relative]
-    taken = Counter(names)
-    return [r if taken[n] > 1 else n for r, n in zip(relative, names, strict=True)]
+    taken = Counter(n.casefold() for n in names)
+    wanted = [r if taken[n.casefold()] > 1 else n for r, n in zip(relative, names, strict=True)]
+    final = [""] * len(relative)
+    assigned: set[str] = set()
+    # Shallow names first: whether a name clashes with a track's outputs depends on the tracks
+    # above it, and a renamed part keeps the name's depth.
+    for i in sorted(range(len(relative)), key=lambda i: (wanted[i].count("/"), relative[i])):
+        parts = wanted[i].split("/")
+        salt = 0
+        while (at := _clash(parts, assigned)) is not None:
+            base = wanted[i].split("/")[at]
+            parts[at] = f"{base}~{_digest(relative[i], salt)}"
+            salt += 1
+        final[i] = "/".join(parts)
+        assigned.add(final[i].casefold())
+    return final
+
+
+def _clash(parts: list[str], assigned: set[str]) -> int | None:
+    """The index of the part of a name that clashes with ``assigned`` names or job files."""
+    folded = [p.casefold() for p in parts]
+    if folded[0] in {f.casefold() for f in JOB_FILES}:
+        return 0
+    for at in range(1, len(parts)):
+        output_like = folded[at] in _TRACK_FILES or folded[at].endswith(_OUTPUT_SUFFIXES)
+        if output_like and "/".join(folded[:at]) in assigned:
+            return at
+    return len(parts) - 1 if "/".join(folded) in assigned else None
+
+
+def _digest(relative: str, salt: int) -> str:
+    """8 hex digits fixed by the input's path: a re-run names (and skips) the same folder."""
+    return hashlib.sha1(f"{relative}\0{salt}".encode()).hexdigest()[:8]

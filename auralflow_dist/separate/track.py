@@ -6,21 +6,28 @@ Outputs are spooled as float32 first because limiting (scaling by 1 / peak when 
 cannot hold the peak, as `audio.write` does) needs the whole file's peak; the spool is then
 encoded and moved into place atomically, so a reader never sees a partial stem. ``_done.json``
 is written last: it is what a re-run checks to skip a finished track.
+
+Spools (full-length float32 stems) live in one folder per process under `spool_root`, named by
+pid and start time: a worker killed outright (SIGKILL, OOM) cannot remove its own, so each new
+`TrackSeparator` removes those of processes no longer running.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import errno
 import json
 import math
 import os
 import queue
+import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any
+from typing import IO, Any, TypeVar
 
 import numpy as np
 import soundfile as sf
@@ -40,6 +47,7 @@ _FLOAT_SUBTYPES = ("FLOAT", "DOUBLE")
 _ENCODE_FRAMES = 1 << 18
 _PREFETCH = 2  # blocks decoded ahead of the model
 _END = object()
+T = TypeVar("T")
 
 
 def fingerprint(url: str) -> str:
@@ -101,12 +109,18 @@ def _blocks(url: str, block_frames: int, limit: int | None) -> Iterator[np.ndarr
 
 
 class _Prefetch:
-    """Runs an iterator in a thread, ``depth`` items ahead; errors surface in the consumer."""
+    """Runs an iterator in a thread, ``depth`` items ahead; errors surface in the consumer.
 
-    def __init__(self, items: Iterator[Any], depth: int) -> None:
-        self.items = items
+    A read that hangs (a stuck mount, an object store that stops answering) would hang the
+    consumer and, joined, the worker: the consumer waits ``timeout`` seconds for an item, then
+    fails this file, and leaves the (daemon) thread to its read.
+    """
+
+    def __init__(self, items: Iterator[Any], depth: int, timeout: float, url: str) -> None:
+        self.items, self.timeout, self.url = items, timeout, url
         self.queue: queue.Queue[Any] = queue.Queue(maxsize=depth)
         self.stopped = threading.Event()
+        self.stalled = False
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
 
@@ -134,7 +148,13 @@ class _Prefetch:
 
     def __iter__(self) -> Iterator[Any]:
         while True:
-            item = self.queue.get()
+            try:
+                item = self.queue.get(timeout=self.timeout)
+            except queue.Empty:
+                self.stalled = True
+                raise StorageError(
+                    f"{storage.mask_url(self.url)}: no data for {self.timeout:g} s (read stalled)"
+                ) from None
             if item is _END:
                 return
             if isinstance(item, BaseException):
@@ -143,7 +163,97 @@ class _Prefetch:
 
     def close(self) -> None:
         self.stopped.set()
-        self.thread.join()
+        if not self.stalled:  # a stalled thread may never return
+            self.thread.join(self.timeout)
+
+
+def _bounded(call: Callable[[], T], timeout: float, url: str) -> T:
+    """``call()``, run as a `_Prefetch` of one item so that a hung read fails after ``timeout``."""
+    reader = _Prefetch((call() for _ in range(1)), 1, timeout, url)
+    try:
+        return next(iter(reader))
+    finally:
+        reader.close()
+
+
+def spool_root() -> str:
+    """Where every process's spool folder lies: one root per user in the temp folder."""
+    return os.path.join(tempfile.gettempdir(), f"auralflow-spools-{os.getuid()}")
+
+
+def _started(pid: int) -> str | None:
+    """When process ``pid`` started (clock ticks since boot), None if none runs under that pid.
+
+    With the pid, it names one process: a later one given the same pid started later.
+    """
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[19]  # field 22, after "(comm)"
+    except OSError:
+        return None
+
+
+def spool_dir() -> str:
+    """This process's spool folder, ``<pid>-<start time>``, made on first use."""
+    pid = os.getpid()
+    path = os.path.join(spool_root(), f"{pid}-{_started(pid)}")
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    return path
+
+
+def sweep_spools() -> None:
+    """Remove the spool folders of processes that no longer run on this machine."""
+    if _started(os.getpid()) is None:  # no /proc: liveness is unknown, so nothing is removed
+        return
+    root = spool_root()
+    with contextlib.suppress(FileNotFoundError):
+        for name in os.listdir(root):
+            pid, _, started = name.partition("-")
+            if pid.isdigit() and _started(int(pid)) != started:
+                shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _writing(where: str) -> Iterator[None]:
+    """A full disk as one line naming where the bytes were going."""
+    try:
+        yield
+    except OSError as err:
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise StorageError(f"no space left on device writing {where}") from err
+
+
+class _Guarded:
+    """A file for libsndfile's callbacks, which lose an exception raised in them (cffi prints it
+    and goes on): the first OSError is kept for `check`, and every later call is a no-op."""
+
+    def __init__(self, file: IO[bytes]) -> None:
+        self.file, self.error = file, None
+
+    def _call(self, name: str, *args: Any, failed: Any) -> Any:
+        if self.error is None:
+            try:
+                return getattr(self.file, name)(*args)
+            except OSError as err:
+                self.error = err
+        return failed
+
+    def write(self, data: bytes) -> int:
+        return self._call("write", data, failed=len(data))
+
+    def read(self, size: int = -1) -> bytes:
+        return self._call("read", size, failed=b"")
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        return self._call("seek", offset, whence, failed=0)
+
+    def tell(self) -> int:
+        return self._call("tell", failed=0)
+
+    def check(self) -> None:
+        if self.error is not None:
+            raise self.error
 
 
 class _Spool:
@@ -151,9 +261,10 @@ class _Spool:
 
     def __init__(self, path: str, channels: int) -> None:
         self.path, self.channels = path, channels
-        self.file = open(path, "wb")  # noqa: SIM115 - closed by the owner before `encode`
+        self.file = open(path, "wb")  # noqa: SIM115 - closed by `close` before `encode`
         self.peak = 0.0
         self.frames = 0
+        self.where = f"the temp spool {path} (TMPDIR can name a larger disk)"
 
     def append(self, block: np.ndarray) -> None:
         if block.shape[-1] == 0:
@@ -161,8 +272,13 @@ class _Spool:
         if not np.isfinite(block).all():
             raise AudioError("the model produced NaN/inf samples")
         self.peak = max(self.peak, float(np.abs(block).max()))
-        self.file.write(np.ascontiguousarray(block.T, dtype=np.float32).tobytes())
+        with _writing(self.where):
+            self.file.write(np.ascontiguousarray(block.T, dtype=np.float32).tobytes())
         self.frames += block.shape[-1]
+
+    def close(self) -> None:
+        with _writing(self.where):  # the last bytes buffered
+            self.file.close()
 
     def encode(self, url: str, sample_rate: int, fmt: str, subtype: str) -> float:
         """Write the spooled audio to ``url``; returns the gain applied (1.0: untouched)."""
@@ -171,20 +287,24 @@ class _Spool:
             gain = 1.0 / self.peak
         frame_bytes = 4 * self.channels
         with (
+            _writing(storage.mask_url(url)),
             open(self.path, "rb") as spool,
             storage.atomic_write(url) as out,
-            sf.SoundFile(
-                out,
+        ):
+            guarded = _Guarded(out)
+            with sf.SoundFile(
+                guarded,
                 "w",
                 samplerate=sample_rate,
                 channels=self.channels,
                 format=fmt,
                 subtype=subtype,
-            ) as snd,
-        ):
-            while chunk := spool.read(_ENCODE_FRAMES * frame_bytes):
-                frames = np.frombuffer(chunk, dtype=np.float32).reshape(-1, self.channels)
-                snd.write(frames * np.float32(gain) if gain != 1.0 else frames)
+            ) as snd:
+                while chunk := spool.read(_ENCODE_FRAMES * frame_bytes):
+                    frames = np.frombuffer(chunk, dtype=np.float32).reshape(-1, self.channels)
+                    snd.write(frames * np.float32(gain) if gain != 1.0 else frames)
+                    guarded.check()
+            guarded.check()
         return gain
 
 
@@ -195,6 +315,7 @@ class TrackSeparator:
         self, separator: Separator, job: SeparateConfig, model_key: str, run_id: str
     ) -> None:
         self.separator, self.job, self.run_id = separator, job, run_id
+        sweep_spools()  # this may be a restarted worker: its predecessor's spools are litter
         self.target = separator.config.target
         # What the outputs depend on: a marker written under other settings does not count.
         self.settings = {
@@ -217,7 +338,7 @@ class TrackSeparator:
         marker = storage.join(folder, DONE_NAME)
         result = FileResult(input_url=source.url, track=source.track)
         try:
-            key = fingerprint(source.url)
+            key = _bounded(lambda: fingerprint(source.url), self.job.read_timeout, source.url)
             record = self._record(marker)
             if record is not None:
                 if not self.job.overwrite and self._complete(record, key, outputs):
@@ -240,7 +361,8 @@ class TrackSeparator:
                 "settings": self.settings,
                 "result": dataclasses.asdict(result),
             }
-            storage.write_bytes(marker, json.dumps(record, indent=2).encode())
+            with _writing(storage.mask_url(marker)):
+                storage.write_bytes(marker, json.dumps(record, indent=2).encode())
             return result
         except AuralflowError as err:
             result.error = storage.redact(str(err))
@@ -270,7 +392,7 @@ class TrackSeparator:
 
     def _separate(self, url: str, result: FileResult, outputs: list[str]) -> None:
         job = self.job
-        header = audio.info(url)
+        header = _bounded(lambda: audio.info(url), job.read_timeout, url)
         if header.frames == 0:
             raise AudioError(f"{storage.mask_url(url)}: contains no audio frames")
         rate, channels = header.sample_rate, header.channels
@@ -285,25 +407,24 @@ class TrackSeparator:
         block_frames = max(1, round(job.block_seconds * rate), batch)
         stream = self.separator.engine(rate, channels, out_rate, job.padding, job.batch_size)
         names = ["target", "residual"] if job.residual else ["target"]
-        with tempfile.TemporaryDirectory(prefix="auralflow-separate-") as tmp:
+        with tempfile.TemporaryDirectory(prefix="separate-", dir=spool_dir()) as tmp:
             stems = [_Spool(os.path.join(tmp, f"{n}.f32"), channels) for n in names]
-            try:
-                frames = self._run(stream, _blocks(url, block_frames, limit), stems)
-            finally:
+            with contextlib.ExitStack() as closing:  # closes every spool, whichever fails
                 for spool in stems:
-                    spool.file.close()
+                    closing.callback(spool.close)
+                blocks = _Prefetch(
+                    _blocks(url, block_frames, limit), _PREFETCH, job.read_timeout, url
+                )
+                frames = self._run(stream, blocks, stems)
             if frames == 0:
                 raise AudioError(f"{storage.mask_url(url)}: contains no audio frames")
             result.duration_s = frames / rate
             for spool, out in zip(stems, outputs, strict=True):
                 spool.encode(out, out_rate, job.file_format, job.file_subtype)
 
-    def _run(
-        self, stream: SeparationEngine, blocks: Iterator[np.ndarray], stems: list[_Spool]
-    ) -> int:
+    def _run(self, stream: SeparationEngine, reader: _Prefetch, stems: list[_Spool]) -> int:
         """Feed decoded blocks through the stream into the spools; returns frames read."""
         frames = 0
-        reader = _Prefetch(blocks, _PREFETCH)
         pending: list[Future] = []
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="spool") as writer:
             try:

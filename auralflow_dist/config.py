@@ -471,9 +471,10 @@ class LoggingConfig:
     view_wav: bool = option(False, "TensorBoard: waveform images", aliases=["view_wave"])
     image_freq: int = option(5, "epochs between spectrogram/waveform images")
     silent: bool = option(False, "suppress the per-epoch progress line")
+    progress_interval: float = option(30.0, "seconds between progress lines within an epoch")
 
     def validate(self) -> LoggingConfig:
-        _positive(self, "image_freq")
+        _positive(self, "image_freq", "progress_interval")
         return self
 
 
@@ -491,6 +492,9 @@ class ClusterConfig:
     max_failures: int = option(0, "worker/node failures to recover from before giving up")
     keep_checkpoints: int = option(3, "checkpoints kept (the best by validation loss)")
     storage: str | None = option(None, "where checkpoints go (default: the session folder)")
+    skip_memory_check: bool = option(
+        False, "train even where a CPU worker's estimated peak memory exceeds its share"
+    )
 
     def validate(self) -> ClusterConfig:
         _not_negative(self, "max_failures", "gpus_per_worker")

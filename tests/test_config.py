@@ -130,7 +130,8 @@ def test_flat_trainer_json_loads_into_sections_and_round_trips(name):
         for key in names.split():
             assert getattr(getattr(trainer, section), key) == flat[key], key
     assert sorted(k for names in SECTIONS.values() for k in names.split()) == sorted(flat)
-    assert json.loads(cfg.to_json(trainer)) == flat
+    # Fields added since then take their defaults.
+    assert json.loads(cfg.to_json(trainer)) == {**cfg.to_dict(cfg.TrainerConfig()), **flat}
     assert cfg.from_dict(cfg.TrainerConfig, cfg.to_dict(trainer)) == trainer
 
 
@@ -149,7 +150,7 @@ def test_replace_takes_flat_names_and_validates():
 
 def test_field_names_are_unique_across_sections():
     names = list(cfg.leaves(cfg.TrainerConfig))
-    assert len(names) == len(set(names)) == 54
+    assert len(names) == len(set(names)) == 56
 
 
 @pytest.mark.parametrize(
@@ -269,3 +270,11 @@ def test_separate_output_rate_must_be_a_real_audio_rate():
         with pytest.raises(ConfigError, match=r"8000\.\.384000 Hz") as err:
             _separate(sr=rate)
         assert err.value.field == "sr"
+
+
+def test_progress_interval_and_memory_check_settings():
+    trainer = cfg.from_dict(cfg.TrainerConfig, {"progress_interval": "5", "skip_memory_check": "1"})
+    assert (trainer.logging.progress_interval, trainer.cluster.skip_memory_check) == (5.0, True)
+    assert cfg.TrainerConfig().logging.progress_interval == 30.0
+    with pytest.raises(ConfigError, match="progress_interval: must be positive"):
+        cfg.from_dict(cfg.TrainerConfig, {"progress_interval": 0})

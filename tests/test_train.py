@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import shutil
 import subprocess
 import sys
@@ -24,9 +23,12 @@ from auralflow_dist.data.manifest import SCHEMA, write_manifest
 from auralflow_dist.errors import AuralflowError, ConfigError, StorageError
 from auralflow_dist.models.mask_model import SpectrogramMaskModel
 from auralflow_dist.session import write_model_config
+from auralflow_dist.train.reporting import EpochProgress, EpochReporter
+from auralflow_dist.train.state import LoopState
 from auralflow_dist.train.trainer import train
 
-pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_local")]
+# Tests that train on the session's local Ray (slow); the rest run without Ray.
+on_ray = pytest.mark.usefixtures("ray_local")
 
 MODEL = {
     "hidden_channels": 4,
@@ -71,6 +73,8 @@ def history(session: str) -> list[dict[str, str]]:
     return [dict(zip(keys, line.split(","), strict=True)) for line in lines[1:]]
 
 
+@pytest.mark.slow
+@on_ray
 def test_short_run_learns_and_fills_the_session_folder(storage_root, dataset, capsys):
     session = storage.join(storage_root, "session")
     write_model_config(session, model_config())
@@ -114,22 +118,8 @@ def test_short_run_learns_and_fills_the_session_folder(storage_root, dataset, ca
     assert best.separate(torch.zeros(1, 8000)).shape == (1, 8000)
 
 
-def test_resume_continues_exactly_where_it_stopped(tmp_path, dataset):
-    stopped, straight = str(tmp_path / "stopped"), str(tmp_path / "straight")
-    for session in (stopped, straight):
-        write_model_config(session, model_config())
-    first = train(stopped, dataset, model_config(), trainer_config(max_epochs=2))
-    resumed = train(stopped, dataset, model_config(), trainer_config(max_epochs=3), resume=True)
-    never = train(straight, dataset, model_config(), trainer_config(max_epochs=3))
-    assert first.run == resumed.run
-    assert resumed.epochs == never.epochs == 3
-    assert resumed.metrics["global_step"] == never.metrics["global_step"]
-    assert [h["epoch"] for h in history(stopped)] == [h["epoch"] for h in history(straight)]
-    # The best score carried over: it is the minimum over all three epochs.
-    losses = [float(h["val_loss"]) for h in history(stopped)]
-    assert math.isclose(resumed.best_val_loss, min(losses), rel_tol=1e-6)
-
-
+@pytest.mark.slow
+@on_ray
 def test_nan_loss_stops_clearly_and_keeps_the_last_good_checkpoint(tmp_path, dataset):
     """Epoch 1 trains on good data; the resumed run meets NaN-filled stems and must stop."""
     session = str(tmp_path / "s")
@@ -149,6 +139,8 @@ def test_nan_loss_stops_clearly_and_keeps_the_last_good_checkpoint(tmp_path, dat
     assert all(torch.isfinite(p).all() for p in restored.model.parameters())
 
 
+@pytest.mark.slow
+@on_ray
 def test_bad_inputs_fail_before_training(tmp_path, dataset):
     session = str(tmp_path / "s")
     write_model_config(session, model_config())
@@ -162,6 +154,8 @@ def test_bad_inputs_fail_before_training(tmp_path, dataset):
         train(session, dataset, model_config(), trainer_config(batch_size=64))
 
 
+@pytest.mark.slow
+@on_ray
 def test_cli_train_flags_reach_trainer_json(tmp_path, dataset, capsys):
     session = str(tmp_path / "cli")
     assert (
@@ -232,7 +226,9 @@ FAULT_SCRIPT = textwrap.dedent("""
     from ray._private import state
     from auralflow_dist.config import ModelConfig, TrainerConfig, from_dict
     from auralflow_dist.session import write_model_config
-    from auralflow_dist.train.trainer import train
+    from auralflow_dist.train.reporting import EpochProgress, EpochReporter
+from auralflow_dist.train.state import LoopState
+from auralflow_dist.train.trainer import train
 
     session, dataset, model, trainer = sys.argv[1], sys.argv[2], eval(sys.argv[3]), eval(sys.argv[4])
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
@@ -260,6 +256,8 @@ FAULT_SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
+@on_ray
 def test_a_lost_node_mid_epoch_does_not_fail_the_run(tmp_path, dataset):
     """A ray.cluster_utils.Cluster with two worker nodes, run in its own process."""
     trainer = {
@@ -306,3 +304,68 @@ def test_driver_exports_epoch_metrics_to_prometheus(tmp_path):
     text = generate_latest(observability.REGISTRY).decode()
     assert 'auralflow_val_si_sdr_db{session="' + session + '"} 3.5' in text
     assert "auralflow_train_data_wait_ratio" in text
+
+
+def test_progress_lines_come_every_interval_with_steps_rate_loss_and_eta():
+    now = [0.0]
+    progress = EpochProgress(3, 10, total_steps=100, interval=30.0, world=2, clock=lambda: now[0])
+    lines = []
+    for step in range(1, 41):
+        now[0] = 1.0 * step  # one step a second, 4 chunks a step on this rank
+        lines.append(progress.step(loss=0.5, samples=4))
+    shown = [line for line in lines if line]
+    assert len(shown) == 1 and lines[29] == shown[0]  # at 30 s, not before, not again yet
+    assert "epoch   3/10" in shown[0] and "step 30/100" in shown[0]
+    assert "loss 0.5000" in shown[0] and "8.0 samples/s" in shown[0]  # 4/s times 2 ranks
+    assert "ETA 1m10s" in shown[0]
+
+
+def test_reporter_prints_progress_within_the_epoch_unless_silent(tmp_path, capsys):
+    for silent, expected in ((False, 3), (True, 0)):
+        trainer = trainer_config(progress_interval=1e-9, silent=silent)
+        reporter = EpochReporter(str(tmp_path), model_config(), trainer)
+        reporter.start_epoch(1, total_steps=3)
+        for step in range(3):
+            reporter.step(step, 0.25, None, samples=4)
+        assert capsys.readouterr().out.count("step ") == expected
+
+
+def _tb_metrics(epoch: int) -> dict[str, float]:
+    return {
+        "epoch": epoch,
+        "train_loss": 1.0,
+        "val_loss": 0.5,
+        "val_si_sdr": 1.0,
+        "val_si_sdr_mixture": -1.0,
+        "val_si_sdri": 2.0,
+    }
+
+
+def test_tensorboard_uploads_only_each_epochs_new_events(tmp_path, monkeypatch):
+    """Epoch N uploads that epoch's events, not the whole history; TensorBoard reads them all."""
+    from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer
+
+    uploads: list[tuple[str, int]] = []
+    write = storage.write_bytes
+    monkeypatch.setattr(
+        storage,
+        "write_bytes",
+        lambda url, data: (uploads.append((url, len(data))), write(url, data)),
+    )
+    session = str(tmp_path / "s")
+    trainer = trainer_config(tensorboard=True, view_epoch=True, view_weights=True, silent=True)
+    model = SpectrogramMaskModel(model_config(), trainer, device="cpu")
+    reporter = EpochReporter(session, model_config(), trainer)
+    loop = LoopState()
+    per_epoch = []
+    for epoch in range(1, 6):
+        loop.history.append(_tb_metrics(epoch))
+        del uploads[:]
+        reporter.epoch(loop, _tb_metrics(epoch), model, None)
+        per_epoch.append(sum(n for url, n in uploads if "/runs/" in url))
+    reporter.close(5)
+    assert max(per_epoch) < 1.5 * min(per_epoch), per_epoch  # not growing with the history
+    runs = EventMultiplexer().AddRunsFromDirectory(str(Path(session, "runs"))).Reload()
+    tagged = [run for run, tags in runs.Runs().items() if "val/si_sdr" in tags["scalars"]]
+    steps = [e.step for run in tagged for e in runs.Scalars(run, "val/si_sdr")]
+    assert sorted(steps) == [1, 2, 3, 4, 5]

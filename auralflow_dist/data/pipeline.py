@@ -176,6 +176,10 @@ def _dataset(
     # Ray Data reserves half the CPUs per operator for multi-stage pipelines; with decoding the
     # only stage, that left one decode task running on 2 CPUs.
     dataset.context.op_resource_reservation_enabled = False
+    # Blocks in slot order, and batches in block order: without it decode tasks finishing first
+    # and the consumer's formatting threads reorder batches run to run, so no run (resumed or
+    # not) could be repeated. Decode tasks take about equally long: little is held back.
+    dataset.context.execution_options.preserve_order = True
     return dataset
 
 
@@ -246,15 +250,18 @@ def iter_batches(
     pin_memory: bool = False,
     drop_last: bool = True,
     stats: ChunkStats | None = None,
+    shuffle_seed: int | None = None,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """``(mixture, target)`` float32 tensors ``(batch, channels, samples)`` from a shard.
 
     A ``shuffle_buffer`` of rows mixes chunks of different decode tasks; 0 keeps arrival order.
+    ``shuffle_seed`` makes that mix reproducible (training passes one per epoch and rank).
     16-bit chunks travel to ``device`` as they are and become float there.
     """
     batches = shard.iter_torch_batches(
         batch_size=batch_size,
         local_shuffle_buffer_size=max(shuffle_buffer, batch_size) if shuffle_buffer else None,
+        local_shuffle_seed=shuffle_seed if shuffle_buffer else None,
         prefetch_batches=prefetch,
         drop_last=drop_last,
         device=device,

@@ -2,18 +2,27 @@
 
 Every rank trains on its own shard of freshly cut chunks, validates on the same fixed chunks,
 and all-reduces the validation sums, so the LR schedule and early stopping decide identically
-everywhere. Rank 0 writes the checkpoint, images and the ``best/`` export; every rank calls
-``ray.train.report`` once per epoch (it is a barrier).
+everywhere. Every rank calls ``ray.train.report`` once per epoch (it is a barrier); rank 0
+passes the checkpoint, and only once it is reported writes ``best/`` and the extras (history,
+images, TensorBoard), so neither a storage hiccup there costs the epoch's checkpoint nor does
+``best/`` ever hold an epoch no checkpoint records.
+
+Every random stream a rank draws from (dropout, the local shuffle buffer, numpy, ``random``) is
+seeded at each epoch's start from ``(seed, epoch, rank)``, so a resumed run draws exactly what
+an uninterrupted one would, without any RNG state in the checkpoint (and whatever the world
+size of the run that wrote it).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import random
 import tempfile
 import time
 from typing import Any
 
+import numpy as np
 import ray
 import ray.train
 import ray.train.torch
@@ -46,12 +55,27 @@ def _barrier() -> None:
         dist.barrier()
 
 
+def seed_epoch(seed: int, epoch: int, rank: int) -> int:
+    """Seed torch (every device), numpy and ``random`` for ``epoch`` on ``rank``; the seed."""
+    value = int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1)[0])
+    torch.manual_seed(value)
+    np.random.seed(value)
+    random.seed(value)
+    return value
+
+
+def steps_per_epoch(trainer: TrainerConfig, world: int) -> int:
+    """Full batches each rank trains on per epoch (Ray Train splits the chunks equally)."""
+    return trainer.data.max_samples // world // trainer.data.batch_size
+
+
 def _train_epoch(
     model: SpectrogramMaskModel,
     shard: Any,
     trainer: TrainerConfig,
     reporter: EpochReporter | None,
     loop: ckpt_state.LoopState,
+    shuffle_seed: int,
 ) -> dict[str, float]:
     model.train()
     device = model.device
@@ -67,6 +91,7 @@ def _train_epoch(
         device,
         pin_memory=data.pin_memory,
         stats=stats,
+        shuffle_seed=shuffle_seed,
     )
     for mixture, target in batches:
         wait += time.perf_counter() - tick
@@ -84,7 +109,7 @@ def _train_epoch(
         samples += mixture.shape[0]
         loop.global_step += 1
         if reporter is not None:
-            reporter.step(loop.global_step, loss, grad_norm)
+            reporter.step(loop.global_step, loss, grad_norm, mixture.shape[0])
         tick = time.perf_counter()
     elapsed = time.perf_counter() - start
     loss_sum, count, samples, wait_sum, time_sum, nonfinite, silent = _all_reduce(
@@ -159,6 +184,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
             loop = ckpt_state.load(directory, model)
+        if rank == 0 and loop.best_epoch == loop.epoch > 0:
+            # The run may have stopped between reporting this checkpoint and exporting it.
+            save_network(storage.join(session, BEST), model_config, model.model)
     elif loop_config.get("init_from"):
         loop = ckpt_state.load(loop_config["init_from"], model)
         # A handed-over checkpoint (PBT) brings its optimizer; this run's LRs are the new ones.
@@ -169,11 +197,13 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     if world > 1:
         model.model = ray.train.torch.prepare_model(model.model, move_to_device=False)
     clock = get_or_create_epoch_clock(loop_config["clock"])
-    reporter = EpochReporter(session, model_config, trainer) if rank == 0 else None
+    reporter = EpochReporter(session, model_config, trainer, world) if rank == 0 else None
     if rank == 0:
+        memory = f"; peak memory {loop_config['memory']}" if loop_config.get("memory") else ""
         print(
             f"[train] {world} worker(s) on {device}; batch {trainer.data.batch_size} per worker, "
-            f"{trainer.data.batch_size * world} global; starting at epoch {loop.epoch + 1}",
+            f"{trainer.data.batch_size * world} global{memory}; starting at epoch "
+            f"{loop.epoch + 1}",
             flush=True,
         )
 
@@ -185,7 +215,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         if rank == 0:
             ray.get(clock.set.remote(epoch))
         _barrier()
-        metrics = _train_epoch(model, train_shard, trainer, reporter, loop)
+        shuffle_seed = seed_epoch(trainer.optim.seed, epoch, rank)
+        if reporter is not None:
+            reporter.start_epoch(epoch, steps_per_epoch(trainer, world))
+        metrics = _train_epoch(model, train_shard, trainer, reporter, loop, shuffle_seed)
         diverged = metrics.pop("nonfinite") > 0
         val, example = ({}, None) if diverged else _validate(model, val_shard, trainer)
         metrics.update(val)
@@ -214,21 +247,22 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             report_checkpoint = None
             if rank == 0:
                 ckpt_state.save(tmp, model, loop)
-                if improved:
-                    save_network(storage.join(session, BEST), model_config, model.model)
-                reporter.epoch(loop, metrics, model, example)
                 report_checkpoint = ray.train.Checkpoint.from_directory(tmp)
             ray.train.report(
                 metrics,
                 checkpoint=report_checkpoint,
                 checkpoint_dir_name=f"checkpoint_epoch_{epoch:04d}",
             )
+        if rank == 0:
+            if improved:  # a failure here fails the run; resuming exports it again (above)
+                save_network(storage.join(session, BEST), model_config, model.model)
+            reporter.epoch(loop, metrics, model, example)
         if stop:
             break
     if rank == 0:
         write_status(session, "stopped_early" if stop else "finished", metrics)
     if reporter is not None:
-        reporter.close()
+        reporter.close(loop.epoch)
 
 
 def write_status(session: str, state: str, metrics: dict[str, Any]) -> None:

@@ -1,8 +1,9 @@
-"""Rank 0's view of training: the progress line, images, loss curve and TensorBoard logs.
+"""Rank 0's view of training: the progress lines, images, loss curve and TensorBoard logs.
 
 Everything lands in the session folder (local or ``s3://``): ``loss_curve.png`` and
 ``history.csv`` every epoch, ``spectrogram/`` and ``waveform/`` PNGs every ``image_freq`` epochs,
-and with ``--tensorboard`` the event files under ``runs/`` (written locally, then copied up).
+and with ``--tensorboard`` the event files under ``runs/``. These are extras: the loop writes
+them after the epoch's checkpoint is reported, and a failure to write them is a warning.
 """
 
 from __future__ import annotations
@@ -10,7 +11,10 @@ from __future__ import annotations
 import io
 import os
 import shutil
+import sys
 import tempfile
+import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -18,15 +22,59 @@ import torch
 
 from auralflow_dist import storage, tables, visualize
 from auralflow_dist.config import ModelConfig, TrainerConfig
+from auralflow_dist.errors import AuralflowError
 from auralflow_dist.models.mask_model import SpectrogramMaskModel
+from auralflow_dist.progress import eta
 from auralflow_dist.train.state import LoopState
 
 
+class EpochProgress:
+    """A line every ``interval`` seconds within an epoch, so a 17-minute epoch is not silent.
+
+    Rank 0 sees its own shard: steps are its own, samples/s is its rate times ``world``.
+    """
+
+    def __init__(
+        self,
+        epoch: int,
+        max_epochs: int,
+        total_steps: int,
+        interval: float,
+        world: int = 1,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.epoch, self.max_epochs, self.total = epoch, max_epochs, total_steps
+        self.interval, self.world, self.clock = interval, world, clock
+        self.start = self.last = clock()
+        self.steps = self.samples = 0
+        self.loss_sum = 0.0
+
+    def step(self, loss: float, samples: int) -> str | None:
+        """Count a step; the progress line when ``interval`` has passed since the last one."""
+        self.steps += 1
+        self.samples += samples
+        self.loss_sum += loss
+        now = self.clock()
+        if now - self.last < self.interval:
+            return None
+        self.last = now
+        elapsed = max(now - self.start, 1e-9)
+        return (
+            f"[train] epoch {self.epoch:>3}/{self.max_epochs}  step {self.steps}/{self.total}  "
+            f"loss {self.loss_sum / self.steps:.4f}  "
+            f"{self.samples * self.world / elapsed:.1f} samples/s  ETA {eta(self.steps, self.total, elapsed)}"
+        )
+
+
 class EpochReporter:
-    def __init__(self, session: str, model_config: ModelConfig, trainer: TrainerConfig) -> None:
+    def __init__(
+        self, session: str, model_config: ModelConfig, trainer: TrainerConfig, world: int = 1
+    ) -> None:
         self.session = session
         self.model_config = model_config
         self.trainer = trainer
+        self.world = world
+        self.progress: EpochProgress | None = None
         self.writer = None
         self._tb_dir: str | None = None
         if trainer.logging.tensorboard:
@@ -35,7 +83,16 @@ class EpochReporter:
             self._tb_dir = tempfile.mkdtemp(prefix="auralflow-tb-")
             self.writer = SummaryWriter(self._tb_dir)
 
-    def step(self, global_step: int, loss: float, grad_norm: float | None) -> None:
+    def start_epoch(self, epoch: int, total_steps: int) -> None:
+        t = self.trainer
+        self.progress = EpochProgress(
+            epoch, t.optim.max_epochs, total_steps, t.logging.progress_interval, self.world
+        )
+
+    def step(self, global_step: int, loss: float, grad_norm: float | None, samples: int) -> None:
+        line = self.progress.step(loss, samples) if self.progress else None
+        if line and not self.trainer.logging.silent:
+            print(line, flush=True)
         if self.writer is None:
             return
         if self.trainer.logging.view_iter:
@@ -50,18 +107,24 @@ class EpochReporter:
         model: SpectrogramMaskModel,
         example: tuple | None,
     ) -> None:
+        """The epoch line and every extra; one that fails is a warning and skips no other."""
         self._print(metrics)
-        self._write_history(loop)
-        storage.write_bytes(
-            storage.join(self.session, "loss_curve.png"),
-            visualize.loss_curve(loop.history, title=self.model_config.model_type),
-        )
         epoch = metrics["epoch"]
         image_epoch = epoch % self.trainer.logging.image_freq == 0 or epoch == 1
+        _attempt(epoch, "history.csv and loss_curve.png", self._write_history, loop)
         if example is not None and image_epoch:
-            self._images(epoch, example)
+            _attempt(epoch, "images", self._images, epoch, example)
         if self.writer is not None:
-            self._tensorboard(epoch, metrics, model, example, image_epoch)
+            _attempt(
+                epoch,
+                "TensorBoard logs",
+                self._tensorboard,
+                epoch,
+                metrics,
+                model,
+                example,
+                image_epoch,
+            )
 
     def _print(self, m: dict[str, Any]) -> None:
         if self.trainer.logging.silent:
@@ -77,6 +140,10 @@ class EpochReporter:
 
     def _write_history(self, loop: LoopState) -> None:
         tables.write_rows(storage.join(self.session, "history.csv"), loop.history)
+        storage.write_bytes(
+            storage.join(self.session, "loss_curve.png"),
+            visualize.loss_curve(loop.history, title=self.model_config.model_type),
+        )
 
     def _images(self, epoch: int, example: tuple) -> None:
         mixture, target, estimate, mix_mag, est_mag, target_mag = example
@@ -145,22 +212,44 @@ class EpochReporter:
                     {"estimate": estimate[0].numpy(), "target": target[0].numpy()}, rate
                 )
                 w.add_image("waveform", _decode_png(png), epoch, dataformats="HWC")
-        w.flush()
         self._sync_tensorboard()
 
     def _sync_tensorboard(self) -> None:
+        """Upload what is new: each sync closes the event files, the next event opens new ones.
+
+        Object stores cannot append, so a file that kept growing would go up whole every epoch;
+        TensorBoard reads every event file of a folder in order. Uploaded files leave the disk,
+        and a file that failed to go up is tried again at the next sync.
+        """
+        self.writer.close()  # SummaryWriter reopens (a new file) on its next event
         for root, _, files in os.walk(self._tb_dir):
-            for name in files:
+            for name in sorted(files):
                 path = os.path.join(root, name)
                 rel = os.path.relpath(path, self._tb_dir)
                 with open(path, "rb") as f:
                     storage.write_bytes(storage.join(self.session, "runs", rel), f.read())
+                os.remove(path)
 
-    def close(self) -> None:
+    def close(self, epoch: int) -> None:
         if self.writer is not None:
-            self.writer.close()
-            self._sync_tensorboard()
+            _attempt(epoch, "TensorBoard logs", self._sync_tensorboard)
             shutil.rmtree(self._tb_dir, ignore_errors=True)
+
+
+def _attempt(epoch: int, what: str, write: Callable[..., None], *args: Any) -> None:
+    """Write an extra; a storage failure is a warning: the checkpoint is already reported.
+
+    Anything else is a bug, and stays an error.
+    """
+    try:
+        write(*args)
+    except (AuralflowError, OSError) as err:
+        print(
+            f"[train] warning: epoch {epoch}'s {what} were not written "
+            f"({type(err).__name__}: {err}); training goes on, the checkpoint is saved",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def _mono(audio: torch.Tensor) -> torch.Tensor:

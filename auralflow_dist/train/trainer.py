@@ -28,6 +28,7 @@ from auralflow_dist.data import pipeline
 from auralflow_dist.data.manifest import load_manifest
 from auralflow_dist.errors import AuralflowError, ConfigError
 from auralflow_dist.session import BEST, write_trainer_config
+from auralflow_dist.train import memory
 from auralflow_dist.train.loop import STATUS_FILE, train_loop_per_worker
 
 RUN_FILE = "train_run.json"
@@ -96,6 +97,17 @@ def _scaling(trainer: TrainerConfig) -> ray.train.ScalingConfig:
     return ray.train.ScalingConfig(
         num_workers=workers, use_gpu=cluster.gpus_per_worker > 0, resources_per_worker=resources
     )
+
+
+def _data_config() -> ray.train.DataConfig:
+    """Validation whole on every worker; the training chunks split, in order.
+
+    Ray Train replaces a dataset's execution options with these, so the pipeline's
+    ``preserve_order`` (what makes a run repeatable) must be given again here.
+    """
+    options = ray.train.DataConfig.default_ingest_options()
+    options.preserve_order = True
+    return ray.train.DataConfig(datasets_to_split=["train"], execution_options=options)
 
 
 class EpochMetricsExporter:
@@ -170,6 +182,8 @@ def train(
             f"chunks each of {workers} worker(s) gets per epoch "
             f"(--max-samples {data.max_samples}): no batch would be full",
         )
+    # Before any Ray work: a worker that cannot fit is refused in a line, not killed in minutes.
+    peak = memory.check(model_config, trainer)
     table = load_manifest(dataset_url)
     write_trainer_config(session, trainer)
     run = _run_name(session, resume)
@@ -180,9 +194,9 @@ def train(
         observability.serve(metrics_port)
     if metrics_port is not None or pushgateway:
         with EpochMetricsExporter(session, pushgateway):
-            result = run_training(session, run, table, model_config, trainer)
+            result = run_training(session, run, table, model_config, trainer, peak=peak)
     else:
-        result = run_training(session, run, table, model_config, trainer)
+        result = run_training(session, run, table, model_config, trainer, peak=peak)
     metrics = dict(result.metrics or {})
     status = json.loads(storage.read_bytes(status_url)) if storage.exists(status_url) else {}
     if status.get("state") == "diverged":
@@ -211,11 +225,13 @@ def run_training(
     trainer: TrainerConfig,
     callbacks: Sequence[Any] = (),
     init_from: str | None = None,
+    peak: memory.MemoryEstimate | None = None,
 ) -> ray.train.Result:
     """Fit one ``TorchTrainer`` run; shared by ``train`` and by every Tune trial.
 
     ``init_from`` is a checkpoint directory URL to start from when the run has none of its own
-    yet (PBT hands a better trial's checkpoint over this way).
+    yet (PBT hands a better trial's checkpoint over this way); ``peak``, the memory estimate
+    for the start line.
     """
     session = storage.absolute(session)
     init_from = storage.absolute(init_from) if init_from else None
@@ -234,6 +250,7 @@ def run_training(
         "session": session,
         "clock": clock_name,
         "init_from": init_from,
+        "memory": str(peak) if peak else None,
     }
     run_config = make_run_config(session, run, trainer)
     run_config.callbacks = list(callbacks)
@@ -243,7 +260,7 @@ def run_training(
         scaling_config=_scaling(trainer),
         run_config=run_config,
         datasets=datasets,
-        dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
+        dataset_config=_data_config(),
     )
     try:
         return torch_trainer.fit()
@@ -254,6 +271,10 @@ def run_training(
 
 
 def _root_cause(err: BaseException) -> str:
+    """One line: Ray's OOM-kill paragraph summarised, else the error's last line."""
+    oom = memory.describe_oom(str(err))
+    if oom is not None:
+        return oom
     text = str(err).strip().splitlines()
     tail = [line for line in text if line.strip()][-1:] or [type(err).__name__]
     return tail[0][:500]

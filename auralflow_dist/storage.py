@@ -23,7 +23,6 @@ import shutil
 import tempfile
 import threading
 import time
-import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Any
@@ -32,6 +31,7 @@ import fsspec
 from fsspec.core import split_protocol, url_to_fs
 from fsspec.implementations.local import LocalFileSystem
 
+from auralflow_dist import scratch
 from auralflow_dist.errors import StorageError
 
 if TYPE_CHECKING:
@@ -594,7 +594,8 @@ def atomic_write(url: str, mode: str = "wb", *, part_size: int | None = None) ->
 
     Local files are written under a hidden temporary name in the same folder and renamed; object
     stores get a local spool uploaded on exit as one PUT, or as a multipart upload (parts of
-    ``part_size`` bytes) that becomes visible only on completion.
+    ``part_size`` bytes) that becomes visible only on completion. Both name their writer
+    (`scratch`), so what a writer killed outright leaves is removed by the next one.
     """
     if "w" not in mode:
         raise ValueError(f"atomic_write needs a write mode, not {mode!r}")
@@ -602,9 +603,10 @@ def atomic_write(url: str, mode: str = "wb", *, part_size: int | None = None) ->
     encoding = None if "b" in mode else "utf-8"
     if _is_local(fs):
         folder, name = os.path.split(path)
-        tmp = os.path.join(folder, f".{name}.tmp-{uuid.uuid4().hex}")
+        tmp = os.path.join(folder, scratch.partial_name(name))
         with _errors(url, fs, path):
             os.makedirs(folder or ".", exist_ok=True)
+            scratch.remove_stale_partials(folder or ".")
             f = open(tmp, mode, encoding=encoding)  # noqa: SIM115 - closed below before the rename
         try:
             with f:
@@ -617,7 +619,7 @@ def atomic_write(url: str, mode: str = "wb", *, part_size: int | None = None) ->
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
         return
-    with tempfile.TemporaryDirectory(prefix="auralflow-upload-") as spool_dir:
+    with tempfile.TemporaryDirectory(prefix="upload-", dir=scratch.process_dir()) as spool_dir:
         # Keep the file name: s3fs guesses the Content-Type from it.
         spool = os.path.join(spool_dir, os.path.basename(path) or "object")
         with open(spool, mode, encoding=encoding) as f:

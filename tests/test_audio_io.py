@@ -1,3 +1,5 @@
+import contextlib
+import io
 import re
 import struct
 from types import SimpleNamespace
@@ -8,8 +10,9 @@ import soundfile as sf
 import torch
 from test_audio_convert import address_space_cap
 
+from auralflow_dist import storage
 from auralflow_dist.audio import info, read, write
-from auralflow_dist.audio.io import _check_claim, promised_frames
+from auralflow_dist.audio.io import _check_claim, open_audio, promised_frames
 from auralflow_dist.errors import AudioError, ConfigError
 
 SR = 16000
@@ -288,3 +291,38 @@ def test_promised_frames_see_a_cut_wav_or_aiff_but_not_a_stream_header(tmp_path)
     path.write_bytes(bytes(data))
     with sf.SoundFile(path) as snd:
         assert promised_frames(snd) == snd.frames == 3 * SR
+
+
+def test_a_remote_read_that_fails_mid_file_is_reported_as_itself(monkeypatch):
+    """libsndfile's callbacks swallow the error: a dropped connection used to read as
+    'Format not recognised' or as a file that ends early."""
+    buf = io.BytesIO()
+    sf.write(buf, np.zeros((48000, 2), dtype="float32"), 8000, format="WAV", subtype="PCM_16")
+    url = "memory://drops/song.wav"
+    storage.write_bytes(url, buf.getvalue())
+    real = storage.open_file
+
+    class Drops:
+        def __init__(self, file, reads_left):
+            self.file, self.reads_left = file, reads_left
+
+        def read(self, size=-1):
+            self.reads_left -= 1
+            if self.reads_left < 0:
+                raise ConnectionError("Connection reset by peer")
+            return self.file.read(size)
+
+        def __getattr__(self, name):
+            return getattr(self.file, name)
+
+    for reads_left in (0, 3):  # in the header, then mid-data
+
+        @contextlib.contextmanager
+        def dropping(u, mode="rb", reads_left=reads_left):
+            with real(u, mode) as f:
+                yield Drops(f, reads_left)
+
+        monkeypatch.setattr(storage, "open_file", dropping)
+        failed = r"read failed \(ConnectionError: Connection reset"
+        with pytest.raises(AudioError, match=failed), open_audio(url) as snd:
+            snd.read(dtype="float32")

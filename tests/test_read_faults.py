@@ -25,10 +25,10 @@ import pytest
 import soundfile as sf
 from test_separate_job import noise, tiny_model
 
-from auralflow_dist import storage
+from auralflow_dist import scratch, storage
 from auralflow_dist.data import stem_mp4
 from auralflow_dist.errors import AudioError
-from auralflow_dist.separate import SeparateConfig, track
+from auralflow_dist.separate import SeparateConfig
 from auralflow_dist.separate.sources import Source
 from auralflow_dist.separate.track import TrackSeparator
 
@@ -213,22 +213,31 @@ def test_stem_mp4_on_s3_keeps_the_presigned_url_off_the_command_line(
 _SPOOL_AND_WAIT = """
 import os, sys, time, tempfile
 import numpy as np
+from auralflow_dist import scratch, storage
 from auralflow_dist.separate import track
-spool = track._Spool(os.path.join(tempfile.mkdtemp(dir=track.spool_dir()), "target.f32"), 1)
+spool = track._Spool(os.path.join(tempfile.mkdtemp(dir=scratch.process_dir()), "target.f32"), 1)
 spool.append(np.zeros((1, 16000), np.float32))
 spool.file.flush()
+writing = storage.atomic_write(os.path.join(sys.argv[1], "vocals.wav"))
+partial = writing.__enter__()
+partial.write(b"RIFF")
+partial.flush()
 print(os.path.dirname(spool.path), flush=True)
 time.sleep(600)
 """
 
 
-def test_a_killed_workers_spools_are_removed_by_the_next_separator(
+def test_a_killed_workers_spools_and_partial_stems_are_removed_by_the_next_one(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     env = {**os.environ, "TMPDIR": str(tmp_path)}
+    out = tmp_path / "out" / "song"
     worker = subprocess.Popen(
-        [sys.executable, "-c", _SPOOL_AND_WAIT], stdout=subprocess.PIPE, env=env, text=True
+        [sys.executable, "-c", _SPOOL_AND_WAIT, str(out)],
+        stdout=subprocess.PIPE,
+        env=env,
+        text=True,
     )
     try:
         spooled = Path(worker.stdout.readline().strip())
@@ -237,16 +246,21 @@ def test_a_killed_workers_spools_are_removed_by_the_next_separator(
         worker.kill()  # SIGKILL mid-spool: no finalizer runs
         worker.wait()
     assert spooled.exists()
-    mine = Path(track.spool_dir())
+    (dead_partial,) = out.glob(".vocals.wav.tmp-*")
+    mine = Path(scratch.process_dir())
     (mine / "live.f32").touch()
     # A live pid, but started at another time: the folder of a dead process whose pid was reused.
-    reused = Path(track.spool_root(), f"{os.getpid()}-1")
+    reused = Path(scratch.root(), f"{os.getpid()}-1")
     reused.mkdir()
 
     _separator(tmp_path)
 
     assert not spooled.parent.exists() and not reused.exists()
     assert (mine / "live.f32").exists()
+    # The next write into the dead writer's folder clears its partial stem, not a live one's.
+    with storage.atomic_write(str(out / "bass.wav")) as live, open(live.name, "rb"):
+        storage.write_bytes(str(out / "drums.wav"), b"x")
+        assert not dead_partial.exists() and Path(live.name).exists()
 
 
 # ------------------------------------------------------------------------------------------------

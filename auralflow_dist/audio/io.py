@@ -11,7 +11,7 @@ import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import IO, Literal
+from typing import IO, Any, Literal
 
 import numpy as np
 import soundfile as sf
@@ -86,19 +86,71 @@ def _source(url: str) -> Iterator[str | IO[bytes]]:
         yield f
 
 
+class GuardedFile:
+    """A file for libsndfile's callbacks, which lose an exception raised in them (cffi prints
+    it and goes on, and libsndfile reads a failed read as the end of the file or a bad format):
+    the first error is kept for `check`, and every later call is a no-op."""
+
+    def __init__(self, file: IO[bytes]) -> None:
+        self.file: IO[bytes] = file
+        self.error: Exception | None = None
+
+    def _call(self, name: str, *args: object, failed: object) -> Any:
+        if self.error is None:
+            try:
+                return getattr(self.file, name)(*args)
+            except Exception as err:  # an S3 connection dropped, a full disk, ...
+                self.error = err
+        return failed
+
+    def write(self, data: bytes) -> int:
+        return self._call("write", data, failed=len(data))
+
+    def read(self, size: int = -1) -> bytes:
+        return self._call("read", size, failed=b"")
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        return self._call("seek", offset, whence, failed=0)
+
+    def tell(self) -> int:
+        return self._call("tell", failed=0)
+
+    def check(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+
 @contextlib.contextmanager
 def open_audio(url: str) -> Iterator[sf.SoundFile]:
-    """A SoundFile on ``url``; every failure becomes one AudioError naming the URL."""
+    """A SoundFile on ``url``; every failure becomes one AudioError naming the URL.
+
+    A remote read that fails (the connection dropped) is reported as itself, not as what
+    libsndfile made of the missing bytes ("Format not recognised", a short file).
+    """
+    guard: GuardedFile | None = None
     try:
-        with _source(url) as source, sf.SoundFile(source) as snd:
-            yield snd
-    except StorageError as err:
-        raise AudioError(str(err)) from err
-    except sf.LibsndfileError as err:
-        # str(err) names the file object, not the URL; the libsndfile reason is what helps.
-        raise AudioError(f"{url}: not readable as audio ({err.error_string})") from err
-    except (sf.SoundFileError, OSError) as err:
-        raise AudioError(f"{url}: {err}") from err
+        with _source(url) as source:
+            guard = None if isinstance(source, str) else GuardedFile(source)
+            with sf.SoundFile(guard or source) as snd:
+                yield snd
+    except Exception as err:
+        if guard is not None and guard.error is not None:
+            raise _read_failed(url, guard.error) from guard.error
+        if isinstance(err, StorageError):
+            raise AudioError(str(err)) from err
+        if isinstance(err, sf.LibsndfileError):
+            # str(err) names the file object, not the URL; the libsndfile reason is what helps.
+            raise AudioError(f"{url}: not readable as audio ({err.error_string})") from err
+        if isinstance(err, (sf.SoundFileError, OSError)):
+            raise AudioError(f"{url}: {err}") from err
+        raise
+    if guard is not None and guard.error is not None:  # a failed read looked like the end
+        raise _read_failed(url, guard.error) from guard.error
+
+
+def _read_failed(url: str, err: Exception) -> AudioError:
+    reason = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    return AudioError(f"{url}: read failed ({type(err).__name__}{': ' + reason if reason else ''})")
 
 
 def promised_frames(snd: sf.SoundFile) -> int:

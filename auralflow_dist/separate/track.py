@@ -7,9 +7,10 @@ cannot hold the peak, as `audio.write` does) needs the whole file's peak; the sp
 encoded and moved into place atomically, so a reader never sees a partial stem. ``_done.json``
 is written last: it is what a re-run checks to skip a finished track.
 
-Spools (full-length float32 stems) live in one folder per process under `spool_root`, named by
-pid and start time: a worker killed outright (SIGKILL, OOM) cannot remove its own, so each new
-`TrackSeparator` removes those of processes no longer running.
+Spools (full-length float32 stems) live in the process's `scratch` folder: a worker killed
+outright (SIGKILL, OOM) cannot remove its own, so each new `TrackSeparator` sweeps those of
+processes no longer running, and a track's folder is cleared of a dead writer's partial stems
+before it is written again.
 """
 
 from __future__ import annotations
@@ -21,21 +22,20 @@ import json
 import math
 import os
 import queue
-import shutil
 import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import IO, Any, TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 import soundfile as sf
 import torch
 
-from auralflow_dist import audio, storage
+from auralflow_dist import audio, scratch, storage
 from auralflow_dist.audio.engine import SeparationEngine
-from auralflow_dist.audio.io import open_audio, promised_frames
+from auralflow_dist.audio.io import GuardedFile, open_audio, promised_frames
 from auralflow_dist.errors import AudioError, AuralflowError, StorageError
 from auralflow_dist.models.separator import Separator
 from auralflow_dist.separate.config import SeparateConfig
@@ -176,43 +176,6 @@ def _bounded(call: Callable[[], T], timeout: float, url: str) -> T:
         reader.close()
 
 
-def spool_root() -> str:
-    """Where every process's spool folder lies: one root per user in the temp folder."""
-    return os.path.join(tempfile.gettempdir(), f"auralflow-spools-{os.getuid()}")
-
-
-def _started(pid: int) -> str | None:
-    """When process ``pid`` started (clock ticks since boot), None if none runs under that pid.
-
-    With the pid, it names one process: a later one given the same pid started later.
-    """
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[19]  # field 22, after "(comm)"
-    except OSError:
-        return None
-
-
-def spool_dir() -> str:
-    """This process's spool folder, ``<pid>-<start time>``, made on first use."""
-    pid = os.getpid()
-    path = os.path.join(spool_root(), f"{pid}-{_started(pid)}")
-    os.makedirs(path, mode=0o700, exist_ok=True)
-    return path
-
-
-def sweep_spools() -> None:
-    """Remove the spool folders of processes that no longer run on this machine."""
-    if _started(os.getpid()) is None:  # no /proc: liveness is unknown, so nothing is removed
-        return
-    root = spool_root()
-    with contextlib.suppress(FileNotFoundError):
-        for name in os.listdir(root):
-            pid, _, started = name.partition("-")
-            if pid.isdigit() and _started(int(pid)) != started:
-                shutil.rmtree(os.path.join(root, name), ignore_errors=True)
-
-
 @contextlib.contextmanager
 def _writing(where: str) -> Iterator[None]:
     """A full disk as one line naming where the bytes were going."""
@@ -222,38 +185,6 @@ def _writing(where: str) -> Iterator[None]:
         if err.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise
         raise StorageError(f"no space left on device writing {where}") from err
-
-
-class _Guarded:
-    """A file for libsndfile's callbacks, which lose an exception raised in them (cffi prints it
-    and goes on): the first OSError is kept for `check`, and every later call is a no-op."""
-
-    def __init__(self, file: IO[bytes]) -> None:
-        self.file, self.error = file, None
-
-    def _call(self, name: str, *args: Any, failed: Any) -> Any:
-        if self.error is None:
-            try:
-                return getattr(self.file, name)(*args)
-            except OSError as err:
-                self.error = err
-        return failed
-
-    def write(self, data: bytes) -> int:
-        return self._call("write", data, failed=len(data))
-
-    def read(self, size: int = -1) -> bytes:
-        return self._call("read", size, failed=b"")
-
-    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
-        return self._call("seek", offset, whence, failed=0)
-
-    def tell(self) -> int:
-        return self._call("tell", failed=0)
-
-    def check(self) -> None:
-        if self.error is not None:
-            raise self.error
 
 
 class _Spool:
@@ -291,7 +222,7 @@ class _Spool:
             open(self.path, "rb") as spool,
             storage.atomic_write(url) as out,
         ):
-            guarded = _Guarded(out)
+            guarded = GuardedFile(out)
             with sf.SoundFile(
                 guarded,
                 "w",
@@ -315,7 +246,7 @@ class TrackSeparator:
         self, separator: Separator, job: SeparateConfig, model_key: str, run_id: str
     ) -> None:
         self.separator, self.job, self.run_id = separator, job, run_id
-        sweep_spools()  # this may be a restarted worker: its predecessor's spools are litter
+        scratch.sweep()  # this may be a restarted worker: its predecessor's spools are litter
         self.target = separator.config.target
         # What the outputs depend on: a marker written under other settings does not count.
         self.settings = {
@@ -407,7 +338,7 @@ class TrackSeparator:
         block_frames = max(1, round(job.block_seconds * rate), batch)
         stream = self.separator.engine(rate, channels, out_rate, job.padding, job.batch_size)
         names = ["target", "residual"] if job.residual else ["target"]
-        with tempfile.TemporaryDirectory(prefix="separate-", dir=spool_dir()) as tmp:
+        with tempfile.TemporaryDirectory(prefix="separate-", dir=scratch.process_dir()) as tmp:
             stems = [_Spool(os.path.join(tmp, f"{n}.f32"), channels) for n in names]
             with contextlib.ExitStack() as closing:  # closes every spool, whichever fails
                 for spool in stems:

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import functools
+import logging
+import os
+import signal
 import sys
+import threading
 from collections.abc import Callable, Sequence
 
 from auralflow_dist import config as cfg
@@ -225,12 +230,110 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Commands that run for long on Ray, which SIGTERM or SIGINT stops together with the Ray they
+# started; True where --resume continues them.
+STOPPABLE = {"train": True, "tune": True, "test": False, "separate": False, "demo": False}
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+def _run_stoppably(func: Callable[[argparse.Namespace], None], args: argparse.Namespace) -> None:
+    """Run the command with SIGTERM and SIGINT stopping it (`_stop`).
+
+    Tune's own SIGINT handler (which would end the sweep as if it had finished) is turned off,
+    and `runtime.connect` keeps these handlers where ``ray.init`` would make SIGTERM a bare exit
+    (no word of what stopped, no stop of the local Ray it started).
+    """
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+    stop = functools.partial(_stop, args.command)
+    previous = {s: signal.getsignal(s) for s in STOP_SIGNALS}
+
+    def arm() -> None:
+        for s in STOP_SIGNALS:
+            signal.signal(s, stop)
+
+    arm()
+    try:
+        if args.command == "train":
+            _on_a_thread(args, arm)
+        else:
+            func(args)
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+class _NotOnMainThread(logging.Filter):
+    """``ray.init`` off the main thread warns that it set no SIGTERM handler: ours is set."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "SIGTERM handler is not set" not in record.getMessage()
+
+
+def _on_a_thread(args: argparse.Namespace, arm: Callable[[], None]) -> None:
+    """Run ``args.func`` on a worker thread while the main thread waits for it (or a signal).
+
+    Ray Train replaces a main thread's SIGINT handler with one that aborts the run and returns
+    as if it had finished; off the main thread it leaves signals alone. ``ray.init`` there puts
+    Ray's fatal-signal handler (which aborts the process) over ours: `arm` puts ours back.
+    """
+    import ray
+
+    failure: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            args.func(args)
+        except BaseException as err:  # re-raised on the main thread
+            failure.append(err)
+
+    quiet = _NotOnMainThread()
+    logging.getLogger("ray._private.worker").addFilter(quiet)
+    thread = threading.Thread(target=work, name=f"auralflow-{args.command}", daemon=True)
+    armed = ray.is_initialized()
+    try:
+        thread.start()
+        while thread.is_alive():
+            thread.join(0.5)
+            if not armed and ray.is_initialized():
+                arm()
+                armed = True
+    finally:
+        logging.getLogger("ray._private.worker").removeFilter(quiet)
+    if failure:
+        raise failure[0]
+
+
+def _stop(command: str, signum: int, frame: object) -> None:
+    """Say what stopped and how to go on, stop the Ray this process started, and exit.
+
+    It runs as the signal handler, often amid a Ray call, so it does not re-enter Ray: a local
+    instance's processes are ended directly, and on a cluster the job's actors and tasks end
+    when its driver goes. Every write of ours is atomic: nothing needs finalising.
+    """
+    from auralflow_dist.runtime import end_local_ray
+
+    for s in STOP_SIGNALS:
+        signal.signal(s, signal.SIG_IGN)  # a second signal must not cut the stop short
+    then = "; run it again with --resume to continue" if STOPPABLE[command] else ""
+    print(
+        f"auralflow {command}: stopped by {signal.Signals(signum).name}{then}",
+        file=sys.stderr,
+        flush=True,
+    )
+    end_local_ray()
+    sys.stdout.flush()
+    os._exit(128 + signum)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     func: Callable[[argparse.Namespace], None] = args.func
     try:
-        func(args)
+        if args.command in STOPPABLE and threading.current_thread() is threading.main_thread():
+            _run_stoppably(func, args)
+        else:
+            func(args)
     except ConfigError as err:
         print(f"auralflow {args.command}: error: {flags.explain(err)}", file=sys.stderr)
         return 2

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import threading
+from typing import Any
 
 import ray
+
+from auralflow_dist import ray_logs
 
 # Logical CPUs a local instance announces beyond what training reserves, so that Ray Data's
 # decoding tasks always find a slot (Ray Train excludes its own reservation from Data's budget).
@@ -22,16 +28,53 @@ def connect(address: str | None = None, reserved_cpus: float = 0.0) -> None:
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    ray_logs.silence_deprecations()
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address, log_to_driver=True)
+        _init(address=address, log_to_driver=True)
         return
     cpus = max(os.cpu_count() or 1, int(reserved_cpus + 0.999) + DATA_CPU_HEADROOM)
     # "local": a fresh instance, never a stale one some earlier `ray start` left behind.
-    ray.init(
+    _init(
         address="local",
         num_cpus=cpus,
         include_dashboard=False,
         log_to_driver=True,
         _system_config={"worker_niceness": WORKER_NICENESS},
     )
+
+
+def _init(**options: Any) -> None:
+    """``ray.init``, keeping a SIGTERM handler the process set itself (the CLI's, which stops
+    the work and the local Ray; Ray's own makes SIGTERM a bare exit), and quieting Ray."""
+    main = threading.current_thread() is threading.main_thread()
+    handler = signal.getsignal(signal.SIGTERM) if main else None
+    ray.init(**options)
+    if callable(handler):
+        signal.signal(signal.SIGTERM, handler)
+    ray_logs.quiet()
+
+
+def end_local_ray() -> None:
+    """Stop a local Ray this process started, with all its processes (GCS, raylet, workers).
+
+    Without Ray's own shutdown, which must not run amid a Ray call (a signal handler's case).
+    Where this process joined a cluster it started nothing, and the cluster is left alone.
+    """
+    import psutil  # Ray's vendored copy
+
+    _end(psutil.Process().children(recursive=True))
+
+
+def _end(processes: list, grace_s: float = 5.0) -> None:
+    """Terminate ``processes``, then kill what still runs after ``grace_s`` (Ray's agents
+    notice a dead raylet only slowly)."""
+    import psutil
+
+    for process in processes:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.terminate()
+    _, alive = psutil.wait_procs(processes, timeout=grace_s)
+    for process in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.kill()

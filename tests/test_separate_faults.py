@@ -174,14 +174,19 @@ def test_the_table_is_rewritten_while_a_long_file_runs(
     assert rows["c.wav"]["error"] == "not processed yet"
 
 
-def test_a_sigterm_stops_the_job_as_an_exception() -> None:
-    from auralflow_dist.separate.job import _sigterm_as_exit
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_stop_signal_ends_the_job_as_an_exception(signum: int) -> None:
+    from auralflow_dist.separate.job import _signals_as_exit
 
-    before = signal.getsignal(signal.SIGTERM)
-    with pytest.raises(SystemExit, match="SIGTERM"), _sigterm_as_exit():
-        os.kill(os.getpid(), signal.SIGTERM)
+    before = signal.getsignal(signum)
+    lines: list[str] = []
+    with pytest.raises(SystemExit) as stopped, _signals_as_exit(lines.append):
+        os.kill(os.getpid(), signum)
         time.sleep(5)
-    assert signal.getsignal(signal.SIGTERM) is before
+    assert stopped.value.code == 128 + signum
+    assert str(stopped.value) == f"stopped by {signal.Signals(signum).name}"
+    assert "a re-run skips the files already done" in lines[0]
+    assert signal.getsignal(signum) is before
 
 
 # ------------------------------------------------------------------------------------------------

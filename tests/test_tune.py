@@ -8,6 +8,7 @@ half-way to resume it.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
 import json
@@ -26,7 +27,7 @@ import ray
 import yaml
 
 from auralflow_dist import storage
-from auralflow_dist.config import ModelConfig, TrainerConfig, from_dict, to_json
+from auralflow_dist.config import ModelConfig, TrainerConfig, from_dict, replace, to_json
 from auralflow_dist.data.generate import write_dataset
 from auralflow_dist.errors import AuralflowError, ConfigError
 from auralflow_dist.session import read_model_config, read_trainer_config
@@ -329,6 +330,34 @@ def test_error_line_is_the_trials_own_reason() -> None:
     assert tune_results.error_line(RuntimeError(wrapped)) == "criterion: kl_div needs a VAE"
 
 
+DEAD_WORKER = (
+    "training failed: The actor is dead because its worker process has died. Worker exit type: "
+    "SYSTEM_ERROR Worker exit detail: Worker unexpectedly exits with a connection error code 2. "
+    "End of file. Some common causes include: (1) the process was killed by the OOM killer due "
+    "to high memory usage, (2) ray stop --force was called, or (3) the worker crashed"
+)
+OOM_PARAGRAPH = """\
+9 worker(s) were killed due to the node running low on memory. Memory on the node (IP: 192.0.2.2, \
+ID: 197605c2f6c1da415cfa07b216a7ac32b63e355078047f550a970a30) was 7.11GB used / 23.59GB limit (0.301368)
+OOM kill reason: Memory usage 7613583360B exceeded threshold of 7597420032B (30.0% of 25324732416B limit)
+Object store memory usage: [- objects spillable: 13
+- bytes spillable: 9617
+]
+Ray killed 9 worker(s) based on the killing policy
+Selected to kill: (Actor(f036085e279125e98604650d01000000): job ID=01000000, task \
+name=RayTrainWorker.__init__, required resources={}, pid=29515, actual memory used=5.11GB)
+Refer to the documentation on how to address the out of memory issue: https://docs.ray.io/en/latest/
+"""
+
+
+def test_error_line_shortens_rays_accounts_of_killed_workers() -> None:
+    line = tune_results.error_line(RuntimeError(DEAD_WORKER))
+    assert line == DEAD_WORKER[: DEAD_WORKER.index(" Some common causes")]
+    line = tune_results.error_line(RuntimeError(OOM_PARAGRAPH))
+    assert "\n" not in line and line.startswith("Ray killed RayTrainWorker")
+    assert "7.1 of 23.6 GB" in line and "lower --batch-size" in line
+
+
 # ----------------------------------------------------------------------------------------------
 # Real sweeps
 
@@ -600,3 +629,123 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(
     assert (second / "checkpoints" / "run" / "checkpoint_epoch_0002").is_dir()
     with pytest.raises(AuralflowError, match="pass --resume"):
         run_sweep(SweepConfig(str(sweep), dataset, space=space))
+
+
+# A sweep whose first Train worker is SIGKILLed in its first epoch, and whose controller then
+# meets that death as Ray reports an OOM kill (an OutOfMemoryError, which Ray Train's shutdown
+# does not catch, unlike the ActorDiedError of a plain SIGKILL). On 3 CPUs with 1-CPU decoding
+# tasks, as `auralflow tune` sizes a 1-worker sweep on 2 cores, the placement group that this
+# left behind gave the next trial's decoding no CPU: it waited forever.
+FAULTY_SWEEP = """\
+import os, signal, sys
+import ray
+from auralflow_dist.tune import SweepConfig, run_sweep
+
+OOM = ("1 worker(s) were killed due to the node running low on memory. Memory on the node "
+       "(IP: 127.0.0.1, ID: 82358561a757) was 22.13GB used / 23.59GB limit (0.94)")
+
+def first(path):
+    try:
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL))
+    except FileExistsError:
+        return False
+    return True
+
+def fault():
+    import ray.train
+    from ray.exceptions import OutOfMemoryError
+    from ray.train.torch.config import _TorchBackend
+    marker = os.environ["FAULT_MARKER"]
+    report, shutdown = ray.train.report, _TorchBackend.on_shutdown
+
+    def killed_at_first_report(*args, **kwargs):  # in a training worker
+        if first(marker):
+            os.kill(os.getpid(), signal.SIGKILL)
+        return report(*args, **kwargs)
+
+    def shutdown_meets_an_oom_kill(self, *args):  # in a Train controller
+        if os.path.exists(marker) and first(marker + ".shutdown"):
+            raise OutOfMemoryError(OOM)
+        return shutdown(self, *args)
+
+    ray.train.report, _TorchBackend.on_shutdown = killed_at_first_report, shutdown_meets_an_oom_kill
+
+sweep, data, space, base = sys.argv[1:]
+ray.init(address="local", num_cpus=3, include_dashboard=False,
+         runtime_env={"worker_process_setup_hook": fault})
+print(run_sweep(SweepConfig(sweep, data, space=space, base=base, num_samples=1,
+                            scheduler="fifo", max_concurrent=1, max_epochs=1)).text())
+"""
+
+
+def kill_tree(process: subprocess.Popen) -> None:
+    """Kill a driver and every process under it (its local Ray: GCS, raylet, workers)."""
+    import psutil  # Ray's vendored copy, importable once ray is
+
+    try:
+        family = psutil.Process(process.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        family = []
+    process.kill()
+    for child in family:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            child.kill()
+    process.wait()
+
+
+@pytest.mark.slow
+def test_a_trial_whose_worker_is_killed_is_a_row_and_the_next_trial_runs(
+    dataset: str, tmp_path: Path
+) -> None:
+    sweep = tmp_path / "sweep"
+    base = str(tmp_path / "base")
+    write_base(base)
+    trainer = replace(TINY_TRAINER, decode_cpus=1.0, max_epochs=1)
+    storage.write_bytes(storage.join(base, "trainer.json"), to_json(trainer).encode())
+    space = write(tmp_path / "space.yaml", "trainer.lr: {grid: [1.0e-3, 2.0e-3]}\n")
+    env = {**os.environ, "FAULT_MARKER": str(tmp_path / "killed"), "RAY_AUTH_MODE": "disabled"}
+    driver = subprocess.Popen(
+        [sys.executable, "-c", FAULTY_SWEEP, str(sweep), dataset, space, base],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        out, _ = driver.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        kill_tree(driver)
+        pytest.fail("the sweep did not end within 300 s: a trial waited on the killed one")
+    assert (tmp_path / "killed").exists()  # the fault did strike
+    assert driver.returncode == 0, out[-3000:]
+    assert "2 trial(s): 1 ok, 0 stopped early, 1 errored" in out
+    frame = read_table(str(sweep))
+    assert sorted(frame["status"]) == ["errored", "ok"]
+    error = frame.set_index("status").loc["errored", "error"]
+    assert "\n" not in error and len(error) < 300, error
+    assert "worker" in error
+
+
+def test_a_trial_process_killed_for_memory_is_that_trials_death(monkeypatch):
+    """Tune re-raises a trial actor's OutOfMemoryError, which ended the whole sweep."""
+    from ray.air.execution._internal.actor_manager import RayActorManager
+    from ray.exceptions import OutOfMemoryError, RayActorError
+
+    from auralflow_dist.tune import sweep
+
+    seen: list[Exception] = []
+
+    def record(self, tracked_actor_task, exception):
+        seen.append(exception)
+
+    monkeypatch.setattr(RayActorManager, "_actor_task_failed", record)
+    sweep._fail_oom_killed_trials_alone()
+    sweep._fail_oom_killed_trials_alone()  # patching twice wraps once
+    other = ValueError("a step failed")
+    RayActorManager._actor_task_failed(None, tracked_actor_task=None, exception=other)
+    killed = OutOfMemoryError("Task was killed due to the node running low on memory.")
+    RayActorManager._actor_task_failed(None, tracked_actor_task=None, exception=killed)
+    assert seen[0] is other
+    assert isinstance(seen[1], RayActorError) and "running low on memory" in str(seen[1])
+    assert len(seen) == 2

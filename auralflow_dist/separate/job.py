@@ -60,6 +60,7 @@ _MAX_BLOCKS = 10_000  # Ray Data blocks (units of scheduling and retry); one fil
 # More would let the last files queue behind a busy actor while another is idle.
 _FILES_QUEUED_PER_ACTOR = 1
 _PUSH_INTERVAL_S = 15.0
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 class _Gate:
@@ -229,22 +230,38 @@ def _collect(
             last_push = time.monotonic()
 
 
+class JobStopped(SystemExit):
+    """The job was stopped by a signal; exits with 128 + its number, as a shell reports it."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(128 + signum)
+        self.name = signal.Signals(signum).name
+
+    def __str__(self) -> str:
+        return f"stopped by {self.name}"
+
+
 @contextlib.contextmanager
-def _sigterm_as_exit() -> Iterator[None]:
-    """A SIGTERM (``ray job stop``, Kubernetes) raises SystemExit inside, so that the job's
-    ``finally`` writes the table; Python's default is to die on the spot. Main thread only."""
+def _signals_as_exit(echo: Callable[[str], None]) -> Iterator[None]:
+    """SIGTERM (``ray job stop``, Kubernetes, ``timeout``) and SIGINT raise `JobStopped`
+    inside, so that the job's ``finally`` writes the table before the process ends (the
+    default is to die on the spot). Main thread only."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def stop(signum: int, frame: Any) -> None:
-        raise SystemExit(f"SIGTERM (signal {signum})")
+        for s in _STOP_SIGNALS:
+            signal.signal(s, signal.SIG_IGN)  # a second signal must not cut the table short
+        echo(f"{signal.Signals(signum).name}: stopping; a re-run skips the files already done")
+        raise JobStopped(signum)
 
-    previous = signal.signal(signal.SIGTERM, stop)
+    previous = {s: signal.signal(s, stop) for s in _STOP_SIGNALS}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 def _drop(log: AttemptLog, echo: Callable[[str], None]) -> None:
@@ -337,7 +354,7 @@ def run_separation(job: SeparateConfig, echo: Callable[[str], None] = print) -> 
     tally = Tally(len(sources), label, echo)
     table = ResultsTable(job.save, sources, echo)
     try:
-        with _sigterm_as_exit(), tally.heartbeat(also=table.update):
+        with _signals_as_exit(echo), tally.heartbeat(also=table.update):
             _collect(dataset, table, tally, push)
     except BaseException as err:
         table.stopped(err)

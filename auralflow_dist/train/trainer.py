@@ -75,13 +75,21 @@ def make_run_config(session: str, run: str, trainer: TrainerConfig) -> ray.train
         storage_path=path,
         storage_filesystem=fs,
         failure_config=ray.train.FailureConfig(max_failures=trainer.cluster.max_failures),
-        worker_runtime_env=allocator.worker_runtime_env(),
+        # Train patches print() in its workers to log as well as print: every line came twice.
+        worker_runtime_env=_merged(
+            allocator.worker_runtime_env(), {"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}}
+        ),
         checkpoint_config=ray.train.CheckpointConfig(
             num_to_keep=trainer.cluster.keep_checkpoints,
             checkpoint_score_attribute="val_loss",
             checkpoint_score_order="min",
         ),
     )
+
+
+def _merged(*envs: dict[str, Any]) -> dict[str, Any]:
+    """Runtime envs' ``env_vars`` merged into one runtime env."""
+    return {"env_vars": {k: v for env in envs for k, v in env["env_vars"].items()}}
 
 
 def _scaling(trainer: TrainerConfig) -> ray.train.ScalingConfig:

@@ -20,6 +20,7 @@ from ray.tune import ExperimentAnalysis, ResultGrid
 from auralflow_dist import storage, tables
 from auralflow_dist.config import ModelConfig, TrainerConfig
 from auralflow_dist.session import BEST, write_model_config, write_trainer_config
+from auralflow_dist.train.memory import describe_oom
 from auralflow_dist.tune.space import Space
 from auralflow_dist.visualize import figure_png
 
@@ -28,6 +29,8 @@ RESULTS_PARQUET = "results.parquet"
 PLOT = "metric_per_trial.png"
 STATUSES = ("ok", "stopped", "errored")
 _OWN_ERROR = re.compile(r"auralflow_dist\.errors\.\w+: ")
+# Where Ray's account of a dead worker turns into generic advice (a paragraph of it).
+_RAY_ADVICE = re.compile(r"\s*(Some common causes include|Refer to the documentation)\b.*$")
 
 
 @dataclass
@@ -47,12 +50,16 @@ class TrialOutcome:
 def error_line(err: BaseException) -> str:
     """The reason a trial failed, in one line: the trial's own exception, not Ray's wrapping.
 
-    Our own errors lose their class names: their message is the whole story.
+    Our own errors lose their class names: their message is the whole story. Ray's paragraph
+    on an OOM kill becomes what was killed and what to lower; its advice on a dead worker goes.
     """
     cause = getattr(err, "cause", None) or err
+    oom = describe_oom(str(cause))
+    if oom is not None:
+        return oom
     lines = [line.strip() for line in str(cause).splitlines() if line.strip()]
     line = lines[-1] if lines else type(cause).__name__
-    return _OWN_ERROR.sub("", line)[:500]
+    return _RAY_ADVICE.sub("", _OWN_ERROR.sub("", line))[:500]
 
 
 def outcomes(grid: ResultGrid, metric: str, mode: str, max_epochs: int) -> list[TrialOutcome]:

@@ -21,6 +21,8 @@ from typing import Any
 
 import ray
 import ray.tune
+from ray.air.execution._internal.actor_manager import RayActorManager
+from ray.exceptions import OutOfMemoryError, RayActorError
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTraining
 from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
 
@@ -170,7 +172,28 @@ def run_sweep(sweep: SweepConfig) -> SweepSummary:
         )
     else:
         tuner = _tuner(plan, trainable, fs, root)
+    _fail_oom_killed_trials_alone()
     return _summarise(plan, tuner.fit())
+
+
+def _fail_oom_killed_trials_alone() -> None:
+    """Have Tune take a trial process killed by Ray's memory monitor as that trial's death.
+
+    Tune 2.60 handles a trial actor's death (RayActorError) and a failed step (RayTaskError)
+    but re-raises any other error, so the monitor's OutOfMemoryError ended the whole sweep with
+    no results.csv. Passed on as the actor's death, it fails that trial only (its reason kept).
+    """
+    original = RayActorManager._actor_task_failed
+    if getattr(original, "passes_oom_on", False):
+        return
+
+    def failed(self: RayActorManager, tracked_actor_task: Any, exception: Exception) -> None:
+        if isinstance(exception, OutOfMemoryError):
+            exception = RayActorError(error_msg=str(exception))
+        original(self, tracked_actor_task=tracked_actor_task, exception=exception)
+
+    failed.passes_oom_on = True  # type: ignore[attr-defined]
+    RayActorManager._actor_task_failed = failed  # type: ignore[method-assign]
 
 
 def _absolute(url: str) -> str:

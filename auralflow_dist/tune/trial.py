@@ -18,6 +18,8 @@ from __future__ import annotations
 import posixpath
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +27,8 @@ import pyarrow as pa
 import ray
 import ray.tune
 from ray.train import Checkpoint, Result, UserCallback
+from ray.train.v2._internal.execution.callback import WorkerGroupCallback
+from ray.util import remove_placement_group
 from ray.util.queue import Empty, Queue
 
 from auralflow_dist import storage
@@ -70,6 +74,32 @@ class _Relay(UserCallback):
         self._queue.put_nowait((dict(metrics[0]), ray.get_runtime_context().current_actor))
 
 
+class _FreeGroupOnFailedShutdown(WorkerGroupCallback):
+    """Runs in the Train controller: frees the run's placement group when its shutdown fails.
+
+    Ray Train 2.60 removes the group only after every shutdown hook succeeded, and Torch's hook
+    lets through the OutOfMemoryError of a worker that Ray's memory monitor killed (it catches
+    only a plain actor death). The group, owned by the sweep's driver, then kept its CPUs for the
+    rest of the sweep, and the next trial's decoding tasks waited for a CPU forever. Removing it
+    also ends the group's remaining workers.
+    """
+
+    def __init__(self) -> None:
+        self._group: Any = None
+
+    def after_worker_group_start(self, worker_group: Any) -> None:
+        self._group = worker_group.get_worker_group_state().placement_group_handle.placement_group
+
+    @contextmanager
+    def on_worker_group_shutdown(self) -> Iterator[None]:
+        try:
+            yield
+        except BaseException:
+            if self._group is not None:
+                remove_placement_group(self._group)
+            raise
+
+
 class _TrainRun:
     """A Train run fitting in a background thread, its reports arriving in order."""
 
@@ -96,7 +126,7 @@ class _TrainRun:
                     setup.table,
                     model,
                     trainer,
-                    callbacks=[_Relay(self._queue)],
+                    callbacks=[_Relay(self._queue), _FreeGroupOnFailedShutdown()],
                     init_from=init_from,
                 )
             except BaseException as err:  # raised in the trial's thread by next_metrics

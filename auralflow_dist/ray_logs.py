@@ -1,0 +1,112 @@
+"""Ray's routine chatter, kept out of the driver's output so that our own lines and real errors show.
+
+Ray forwards every worker's stdout and stderr to the driver (``log_to_driver``). Besides what
+matters, that brings lines that repeat every run, every epoch or every second and never call for
+action:
+
+- Ray Train's placement-group cleaner, once a second without a dashboard: "Failed to query Ray
+  Train Controller actor state ..." (``train/v2/_internal/execution/controller/
+  placement_group_cleaner.py``), and its "Found multiple active Ray instances" and "Monitor
+  thread did not exit" notes;
+- the core worker's E-level notice on actors whose constructor arguments sit in the object store
+  (Ray Data's actor pools, Train's preemption watcher; ``core_worker.cc``);
+- Ray Data's INFO lines (progress bars disabled, "Dataset ... execution finished") and Ray
+  Train's "Reporting training result" per report, Gloo's peer count;
+- deprecation warnings raised inside Ray (a warning line and its source line);
+- "Note:" lines of mpg123, libsndfile's MP3 decoder, on frames it resynchronises over;
+- the raylet's warning that more worker processes started than it expected (routine on a
+  machine of few cores: Ray Data's and Train's actors);
+- everything from `QUIET_ACTORS`, the cleaner's shutdown traceback included.
+
+`quiet` drops exactly these from the forwarded lines, keeps Ray's own deprecation warnings and
+Ray Data's INFO records out of the driver's own stderr, and leaves every other line alone.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import warnings
+from collections.abc import Callable, Iterable
+from typing import Any
+
+NOISE = re.compile(
+    "|".join(
+        [
+            r"Failed to query Ray Train Controller actor state",
+            r"Found multiple active Ray instances",
+            r"Monitor thread did not exit within",
+            r"has constructor arguments in the object store",
+            r"Progress bars disabled\. To enable",
+            r"Dataset \S+ execution finished in",
+            r"Registered dataset logger for dataset",
+            r"Starting execution of Dataset",
+            r"Execution plan of Dataset",
+            r"Reporting training result \d+: TrainingReport",
+            r"\[Gloo\] Rank \d+ is connected to",
+            r"PYTHON worker processes have been started on node",
+            r"^Note: ",
+        ]
+    )
+)
+# A warning as Python prints it: "path:line: SomeDeprecationWarning: text", then the source line.
+_DEPRECATION = re.compile(r":\d+: \w*DeprecationWarning: ")
+_FORWARDING_HANDLER = "ray_print_logs"
+# Actors whose every line is chatter: Train's placement-group cleaner cannot reach the state API
+# without a dashboard, so it only ever logs that, and a traceback when Ray shuts down under it.
+QUIET_ACTORS = frozenset({"PlacementGroupCleaner"})
+
+
+def drop_noise(lines: Iterable[str]) -> list[str]:
+    """``lines`` without Ray's routine chatter (a deprecation warning with its source line)."""
+    kept: list[str] = []
+    source_follows = False
+    for line in lines:
+        if source_follows and line.startswith(" "):
+            source_follows = False
+            continue
+        source_follows = bool(_DEPRECATION.search(line))
+        if not source_follows and not NOISE.search(line):
+            kept.append(line)
+    return kept
+
+
+def silence_deprecations() -> None:
+    """Ray's own deprecation warnings, raised in this process: not the user's to act on."""
+    warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"ray(\.|$)")
+
+
+def quiet() -> None:
+    """Filter the worker output Ray forwards to this driver, and Ray Data's INFO lines here.
+
+    Call after ``ray.init`` (which sets up the forwarding); calling it again changes nothing.
+    """
+    from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
+
+    with dispatcher._lock:
+        dispatcher.handlers = [
+            (name, _filtered(handler) if name == _FORWARDING_HANDLER else handler)
+            for name, handler in dispatcher.handlers
+        ]
+    import ray.data  # noqa: F401  (configures the "ray.data" logger, which we then tune)
+
+    for handler in logging.getLogger("ray.data").handlers:
+        if isinstance(handler, logging.StreamHandler) and not isinstance(
+            handler, logging.FileHandler
+        ):
+            handler.setLevel(max(handler.level, logging.WARNING))
+
+
+def _filtered(handler: Callable[[dict[str, Any]], None]) -> Callable[[dict[str, Any]], None]:
+    if getattr(handler, "drops_noise", False):
+        return handler
+
+    def handle(batch: dict[str, Any]) -> None:
+        if batch.get("actor_name") in QUIET_ACTORS:
+            return
+        lines = drop_noise(batch.get("lines", []))
+        if lines:
+            handler({**batch, "lines": lines})
+
+    handle.drops_noise = True  # type: ignore[attr-defined]
+    return handle

@@ -90,7 +90,9 @@ def test_tuned_heap_serves_large_arrays_from_the_heap_not_fresh_mappings() -> No
 def test_training_workers_start_with_the_heap_settings(tmp_path, monkeypatch) -> None:
     monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
     run_config = make_run_config(str(tmp_path), "run", from_dict(TrainerConfig, {}))
-    assert run_config.worker_runtime_env == allocator.worker_runtime_env()
+    env = run_config.worker_runtime_env["env_vars"]
+    assert env["GLIBC_TUNABLES"] == allocator.worker_runtime_env()["env_vars"]["GLIBC_TUNABLES"]
+    assert env["RAY_TRAIN_ENABLE_PRINT_PATCH"] == "0"  # it printed every line twice
 
 
 @needs_glibc

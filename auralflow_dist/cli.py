@@ -320,9 +320,11 @@ def _stop(command: str, signum: int, frame: object) -> None:
         file=sys.stderr,
         flush=True,
     )
-    end_local_ray()
-    sys.stdout.flush()
-    os._exit(128 + signum)
+    try:
+        end_local_ray()
+        sys.stdout.flush()
+    finally:  # whatever ending the processes met (one vanishing mid-walk), the exit stands
+        os._exit(128 + signum)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

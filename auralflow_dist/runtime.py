@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import tempfile
 import threading
 from typing import Any
 
@@ -28,6 +29,10 @@ def connect(address: str | None = None, reserved_cpus: float = 0.0) -> None:
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    # A submitted job's driver runs in its unpacked --working-dir, which Ray 2.60 may delete
+    # under it once it has joined; torch's first optimizer then asks for the working directory
+    # (its compile-debug folder) and fails. Named here, it is never asked for.
+    os.environ.setdefault("TORCH_COMPILE_DEBUG_DIR", tempfile.gettempdir())
     ray_logs.silence_deprecations()
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
@@ -63,7 +68,11 @@ def end_local_ray() -> None:
     """
     import psutil  # Ray's vendored copy
 
-    _end(psutil.Process().children(recursive=True))
+    try:
+        children = psutil.Process().children(recursive=True)
+    except psutil.Error:  # a child ended mid-walk: walk again
+        children = psutil.Process().children(recursive=True)
+    _end(children)
 
 
 def _end(processes: list, grace_s: float = 5.0) -> None:
@@ -72,9 +81,9 @@ def _end(processes: list, grace_s: float = 5.0) -> None:
     import psutil
 
     for process in processes:
-        with contextlib.suppress(psutil.NoSuchProcess):
+        with contextlib.suppress(psutil.Error):
             process.terminate()
     _, alive = psutil.wait_procs(processes, timeout=grace_s)
     for process in alive:
-        with contextlib.suppress(psutil.NoSuchProcess):
+        with contextlib.suppress(psutil.Error):
             process.kill()

@@ -9,7 +9,6 @@ real command in a subprocess on a tiny generated dataset.
 from __future__ import annotations
 
 import contextlib
-import io
 import os
 import signal
 import subprocess
@@ -18,7 +17,6 @@ import threading
 import time
 from pathlib import Path
 
-import pandas as pd
 import pytest
 import ray
 
@@ -277,7 +275,7 @@ def test_sigterm_stops_train_and_its_ray_and_resume_continues(dataset: str, tmp_
 
 
 @pytest.mark.slow
-def test_sigint_stops_a_sweep_and_its_ray_and_resume_finishes(dataset: str, tmp_path: Path) -> None:
+def test_sigint_stops_a_sweep_and_its_ray(dataset: str, tmp_path: Path) -> None:
     base = tmp_path / "base"
     write_model_config(str(base), MODEL)
     space = tmp_path / "space.json"
@@ -290,19 +288,15 @@ def test_sigint_stops_a_sweep_and_its_ray_and_resume_finishes(dataset: str, tmp_
     try:
         tune.wait_for(sweep / "trials")
         (trial,) = (sweep / "trials").iterdir()
-        first = wait_for_checkpoint(tune, trial, 1)
+        wait_for_checkpoint(tune, trial, 1)
         tune.stop(signal.SIGINT)
     finally:
         if tune.process.poll() is None:
             tune.kill()
     assert "auralflow tune: stopped by SIGINT; run it again with --resume" in tune.output
-    kept = first.stat().st_mtime_ns
-
-    out = run([*args, "--resume"], tmp_path, env)
-    assert "1 trial(s): 1 ok" in out
-    frame = pd.read_csv(io.StringIO((sweep / "results.csv").read_text()))
-    assert list(frame["epochs"]) == [2]
-    assert first.stat().st_mtime_ns == kept  # the trial went on from its epoch 1
+    # What --resume then does with the trials it finds is test_tune.py's
+    # test_interrupted_sweep_resumes_without_rerunning_finished_trials (a driver SIGKILLed:
+    # the stop here leaves the same state behind).
 
 
 @pytest.mark.slow

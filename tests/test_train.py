@@ -75,6 +75,8 @@ def history(session: str) -> list[dict[str, str]]:
 
 @pytest.mark.slow
 @on_ray
+# Local only: the submitted-jobs test trains on S3 (session, data and checkpoints).
+@pytest.mark.parametrize("storage_root", ["local"], indirect=True)
 def test_short_run_learns_and_fills_the_session_folder(storage_root, dataset, capsys):
     session = storage.join(storage_root, "session")
     write_model_config(session, model_config())
@@ -226,9 +228,7 @@ FAULT_SCRIPT = textwrap.dedent("""
     from ray._private import state
     from auralflow_dist.config import ModelConfig, TrainerConfig, from_dict
     from auralflow_dist.session import write_model_config
-    from auralflow_dist.train.reporting import EpochProgress, EpochReporter
-from auralflow_dist.train.state import LoopState
-from auralflow_dist.train.trainer import train
+    from auralflow_dist.train.trainer import train
 
     session, dataset, model, trainer = sys.argv[1], sys.argv[2], eval(sys.argv[3]), eval(sys.argv[4])
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})

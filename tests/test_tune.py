@@ -425,27 +425,6 @@ def check_finished_sweep(sweep_url: str, trials: int) -> pd.DataFrame:
 
 
 @pytest.mark.slow
-def test_asha_sweep_in_a_local_folder(tune_ray: None, dataset: str, tmp_path: Path) -> None:
-    sweep_url = str(tmp_path / "sweep")
-    write_base(sweep_url)  # the sweep folder's own model.json/trainer.json are the base
-    space = write(tmp_path / "space.yaml", yaml.safe_dump(SPACE))
-    summary = run_sweep(
-        SweepConfig(
-            sweep_url,
-            dataset,
-            space=space,
-            num_samples=4,
-            scheduler="asha",
-            max_concurrent=2,
-            seed=1,
-        )
-    )
-    frame = check_finished_sweep(sweep_url, trials=4)
-    assert summary.trials == 4 and summary.errored == 0
-    assert summary.best_trial == frame["trial_id"].iloc[0]
-
-
-@pytest.mark.slow
 def test_asha_sweep_on_s3(tune_ray: None, dataset: str, s3_env, tmp_path: Path) -> None:
     base = str(tmp_path / "base")
     write_base(base)
@@ -463,7 +442,9 @@ def test_asha_sweep_on_s3(tune_ray: None, dataset: str, s3_env, tmp_path: Path) 
             base=base,
         )
     )
-    check_finished_sweep(sweep_url, trials=4)
+    frame = check_finished_sweep(sweep_url, trials=4)
+    assert summary.trials == 4 and summary.errored == 0
+    assert summary.best_trial == frame["trial_id"].iloc[0]
     assert summary.results_url == f"{sweep_url}/results.csv"
     assert storage.exists(f"{sweep_url}/tune")  # Tune's own state went to the bucket as well
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import math
 import os
 import random
@@ -23,9 +24,9 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 import fsspec
 from fsspec.core import split_protocol, url_to_fs
@@ -36,6 +37,8 @@ from auralflow_dist.errors import StorageError
 
 if TYPE_CHECKING:
     import pyarrow.fs
+
+T = TypeVar("T")
 
 S3_PROTOCOLS = ("s3", "s3a")
 # soundfile reads a header, seeks and reads a few seconds: fetch 1 MiB ranges, not s3fs's 50 MiB.
@@ -375,6 +378,49 @@ def _install_retries(fs: fsspec.AbstractFileSystem, policy: RetryPolicy) -> None
         fs._auralflow_retry = (client, policy)
 
 
+@functools.cache
+def _cut_body_errors() -> tuple[type[BaseException], ...]:
+    """What a response body cut after its headers raises (aiohttp, aiobotocore, http.client)."""
+    import http.client
+
+    from aiobotocore.response import AioReadTimeoutError
+    from aiohttp import ClientPayloadError
+    from botocore.exceptions import ResponseStreamingError
+
+    return (
+        ClientPayloadError,
+        ResponseStreamingError,
+        AioReadTimeoutError,
+        http.client.IncompleteRead,
+    )
+
+
+def _resending(fetch: Callable[..., T], policy: RetryPolicy) -> Callable[..., T]:
+    """``fetch`` sent again under ``policy`` when the body of its answer is cut mid-read.
+
+    botocore's loop (`_RetryHook`) sees only requests that fail before an answer; a body that
+    breaks later surfaces in s3fs, whose own loop is cut to one try, so without this one dropped
+    connection during a ranged GET failed the read at once.
+    """
+
+    @functools.wraps(fetch)
+    def resent(*args: Any, **kwargs: Any) -> T:
+        attempt, first = 0, None
+        while True:
+            try:
+                return fetch(*args, **kwargs)
+            except _cut_body_errors():
+                attempt += 1
+                now = time.monotonic()
+                first = now if first is None else first
+                wait = policy.delay(attempt, now - first)
+                if wait is None:
+                    raise
+                time.sleep(wait)
+
+    return resent
+
+
 def _is_chain(url: str) -> bool:
     """Whether ``url`` chains filesystems (``simplecache::s3://b/k``) rather than holding ``::``
     in a name (``s3://b/a::b.wav``): in a chain, every part after a ``::`` names a protocol."""
@@ -468,6 +514,8 @@ def _reason(err: BaseException, fs: fsspec.AbstractFileSystem | None, path: str)
         "ConnectionClosedError",
     } or (s3 and any(isinstance(e, ConnectionError) for e in chain)):
         return f"cannot reach endpoint {_endpoint()}"
+    if names & {"ClientPayloadError", "ResponseStreamingError", "IncompleteRead"}:
+        return f"connection to endpoint {_endpoint()} was cut mid-read through every retry"
     if names & {"ReadTimeoutError", "ServerTimeoutError"} or (
         s3 and any(isinstance(e, TimeoutError) for e in chain)
     ):
@@ -640,8 +688,34 @@ def open_file(url: str, mode: str = "rb", *, block_size: int = READ_BLOCK_SIZE) 
     options = {} if _is_local(fs) else {"block_size": block_size}
     with _errors(url, fs, path):
         f = fs.open(path, mode, **options)
+    if _is_s3(fs):
+        _resend_cut_reads(f, lambda fetch: _named(url, fs, path, fetch))
     with f:
         yield f
+
+
+def _resend_cut_reads(f: IO, wrap: Callable[[Callable], Callable] = lambda fetch: fetch) -> None:
+    """Make the ranged reads of the fsspec file ``f`` `_resending` (then ``wrap`` them)."""
+    cache = getattr(f, "cache", None)
+    if cache is not None:  # every read of an fsspec buffered file fetches through its cache
+        cache.fetcher = wrap(_resending(cache.fetcher, _policy()))
+
+
+def _policy() -> RetryPolicy:
+    return current_settings().retry_policy()
+
+
+def _named(
+    url: str, fs: fsspec.AbstractFileSystem, path: str, fn: Callable[..., T]
+) -> Callable[..., T]:
+    """``fn`` with its storage failures turned into one `StorageError` naming ``url``."""
+
+    @functools.wraps(fn)
+    def named(*args: Any, **kwargs: Any) -> T:
+        with _errors(url, fs, path):
+            return fn(*args, **kwargs)
+
+    return named
 
 
 def write_bytes(url: str, data: bytes) -> None:
@@ -653,8 +727,9 @@ def write_bytes(url: str, data: bytes) -> None:
 def read_bytes(url: str) -> bytes:
     """The whole content of ``url``."""
     fs, path = filesystem(url)
+    cat = _resending(fs.cat_file, _policy()) if _is_s3(fs) else fs.cat_file
     with _errors(url, fs, path):
-        return fs.cat_file(path)
+        return cat(path)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -847,4 +922,24 @@ def to_pyarrow_fs(url: str) -> tuple[pyarrow.fs.FileSystem, str]:
     fs, path = filesystem(url)
     if _is_local(fs):
         return pyarrow.fs.LocalFileSystem(), path
-    return pyarrow.fs.PyFileSystem(pyarrow.fs.FSSpecHandler(fs)), path
+    handler = _resending_handler()(fs) if _s3_layers(fs) else pyarrow.fs.FSSpecHandler(fs)
+    return pyarrow.fs.PyFileSystem(handler), path
+
+
+@functools.cache
+def _resending_handler() -> type:
+    """pyarrow's fsspec handler whose input files resend cut reads (checkpoints Ray downloads)."""
+    import pyarrow
+    import pyarrow.fs
+
+    class ResendingHandler(pyarrow.fs.FSSpecHandler):
+        def open_input_file(self, path: str) -> pyarrow.NativeFile:
+            if not self.fs.isfile(path):
+                raise FileNotFoundError(path)
+            f = self.fs.open(path, mode="rb")
+            _resend_cut_reads(f)
+            return pyarrow.PythonFile(f, mode="r")
+
+        open_input_stream = open_input_file
+
+    return ResendingHandler

@@ -495,11 +495,6 @@ def _start(job: SeparateConfig, lines: list[str]) -> tuple[threading.Thread, lis
 
 @pytest.mark.slow
 @pytest.mark.usefixtures("ray_local")
-@pytest.mark.xfail(
-    strict=False,
-    reason="open defect: a connection cut mid-body (aiohttp ClientPayloadError) is not retried, "
-    "so a read in flight when the outage starts can fail at once (seen 1 run in 2)",
-)
 def test_an_s3_outage_is_ridden_out_within_the_retry_budget_and_fails_files_past_it(
     tmp_path: Path, outage: Outage, s3_env: S3Server, monkeypatch: pytest.MonkeyPatch
 ) -> None:

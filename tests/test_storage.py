@@ -433,7 +433,8 @@ OBJECT = b"served after all"
 class _FakeS3(ThreadingHTTPServer):
     """Serves OBJECT at every key, after answering the failures planned per HTTP method.
 
-    A planned status of 0 drops the connection without an answer.
+    A planned status of 0 drops the connection without an answer; code "cut" sends the headers
+    and half the body, then drops it.
 
     SeaweedFS cannot be made to throttle; this stands in for a throttled or failing endpoint and
     counts what the client sent.
@@ -478,7 +479,10 @@ class _FakeS3Handler(BaseHTTPRequestHandler):
             self.send_header(name, value)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
-        if self.command != "HEAD":
+        if code == "cut":
+            self.wfile.write(body[: len(body) // 2])
+            self.close_connection = True
+        elif self.command != "HEAD":
             self.wfile.write(body)
 
     do_GET = do_HEAD = _answer
@@ -576,6 +580,39 @@ def test_throttling_and_server_errors_are_retried(
         _point_at(monkeypatch, server.endpoint_url, attempts=4)
         assert storage.read_bytes("s3://bucket/mix.wav") == OBJECT
         assert server.count("GET") == 4
+
+
+def _read_through_open_file(url: str) -> bytes:
+    with storage.open_file(url) as f:
+        return f.read()
+
+
+def _read_through_pyarrow(url: str) -> bytes:  # how Ray Train downloads a checkpoint
+    fs, path = storage.to_pyarrow_fs(url)
+    with fs.open_input_file(path) as f:
+        return f.read()
+
+
+@pytest.mark.parametrize(
+    "read", [storage.read_bytes, _read_through_open_file, _read_through_pyarrow]
+)
+def test_a_body_cut_mid_read_is_fetched_again_within_the_budget(
+    read, s3_env: S3Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with _fake_s3(failures={"GET": [(200, "cut")] * 2}) as server:
+        _point_at(monkeypatch, server.endpoint_url, attempts=4)
+        assert read("s3://bucket/mix.wav") == OBJECT
+        assert server.count("GET") == 3
+    if read is _read_through_pyarrow:
+        return  # pyarrow words its own errors
+    with _fake_s3(failures={"GET": [(200, "cut")] * 100}) as server:
+        _point_at(monkeypatch, server.endpoint_url, attempts=3)
+        message = _storage_error(read, "s3://bucket/mix.wav")
+        assert message == (
+            f"s3://bucket/mix.wav: connection to endpoint {server.endpoint_url} "
+            "was cut mid-read through every retry"
+        )
+        assert server.count("GET") == 3
 
 
 @pytest.mark.parametrize(

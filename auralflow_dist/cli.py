@@ -56,6 +56,9 @@ def _cmd_train(args: argparse.Namespace) -> None:
     if args.display:
         print(cfg.to_json(trainer_config), end="")
     cluster = trainer_config.cluster
+    if args.targets:
+        _train_targets(args, model_config, trainer_config)
+        return
     connect(args.address, cluster.workers_max * cluster.cpus_per_worker)
     result = train(
         args.session,
@@ -67,6 +70,29 @@ def _cmd_train(args: argparse.Namespace) -> None:
         pushgateway=args.pushgateway,
     )
     print(result.summary())
+
+
+def _train_targets(
+    args: argparse.Namespace, model_config: cfg.ModelConfig, trainer: cfg.TrainerConfig
+) -> None:
+    from auralflow_dist.errors import AuralflowError, ConfigError
+    from auralflow_dist.runtime import connect
+    from auralflow_dist.train.targets import resolve_targets, summary_table, train_targets
+
+    if args.metrics_port is not None or args.pushgateway:
+        raise ConfigError("targets", "--metrics-port/--pushgateway serve one target's run only")
+    targets = resolve_targets(args.targets, args.dataset)
+    cluster = trainer.cluster
+    connect(args.address, len(targets) * cluster.workers_max * cluster.cpus_per_worker)
+    outcomes = train_targets(
+        args.session, args.dataset, model_config, trainer, targets, resume=args.resume
+    )
+    print(summary_table(outcomes))
+    failed = [o.target for o in outcomes if o.result is None]
+    if failed:
+        raise AuralflowError(
+            f"{len(failed)} of {len(outcomes)} target(s) failed: {', '.join(failed)}"
+        )
 
 
 def _cmd_prepare(args: argparse.Namespace) -> None:
@@ -90,11 +116,14 @@ def _cmd_test(args: argparse.Namespace) -> None:
     connect(args.address, config.workers)
     url, rows = evaluate(config)
     median = next(r for r in rows if r["track"] == "median")
-    print(
-        f"median target SI-SDR {median.get('target_si_sdr', float('nan')):+.2f} dB "
-        f"(improvement {median.get('target_si_sdri', float('nan')):+.2f} dB) over "
-        f"{len(rows) - 2} tracks; wrote {url}"
-    )
+    stems = [k.removesuffix("_si_sdri") for k in median if k.endswith("_si_sdri")]
+    nan = float("nan")
+    for stem in [s for s in stems if s != "residual"]:
+        print(
+            f"median {stem} SI-SDR {median.get(f'{stem}_si_sdr', nan):+.2f} dB "
+            f"(improvement {median.get(f'{stem}_si_sdri', nan):+.2f} dB)"
+        )
+    print(f"{len(rows) - 2} tracks; wrote {url}")
 
 
 def _cmd_separate(args: argparse.Namespace) -> None:
@@ -178,6 +207,12 @@ def _parser() -> argparse.ArgumentParser:
         "--resume", action="store_true", help="continue from the latest checkpoint, if one exists"
     )
     p.add_argument("--display", action="store_true", help="print the trainer config")
+    p.add_argument(
+        "--targets",
+        default=None,
+        help="train one model per target side by side into SESSION/<target>/ (comma-separated "
+        "stems, or 'all': every stem of the dataset); SESSION is then a bundle for separate/test",
+    )
     p.add_argument("--address", default=None, help="Ray cluster address (default: local Ray)")
     p.add_argument(
         "--metrics-port",

@@ -258,6 +258,27 @@ def parse_workers(text: str) -> dict[str, int]:
 
 
 # ----------------------------------------------------------------------------------------------
+# Separation's Wiener filter
+
+
+@dataclass(frozen=True)
+class WienerConfig:
+    """The multichannel Wiener filter over a bundle's targets (see `audio.wiener.wiener`).
+
+    ``iterations`` 0 with ``softmask`` off is no filter at all: each target's own estimate.
+    ``residual`` takes the mixture minus the targets as one more source in the filter.
+    """
+
+    iterations: int = 0
+    softmask: bool = False
+    residual: bool = False
+
+    @property
+    def active(self) -> bool:
+        return self.iterations > 0 or self.softmask
+
+
+# ----------------------------------------------------------------------------------------------
 # model.json
 
 
@@ -537,7 +558,11 @@ def default_model_config(**overrides: Any) -> ModelConfig:
 class EvalConfig:
     """One ``auralflow test``: separate and score the test split (see `auralflow_dist.evaluate`)."""
 
-    session: str = option(help="session folder or model directory", positional=True)
+    session: str = option(
+        help="session folder or model directory; for every stem at once, a folder of one per "
+        "target or comma-separated ones",
+        positional=True,
+    )
     dataset: str = option(help="dataset root or prepared manifest", positional=True)
     save: str | None = option(None, "metrics CSV URL (default: SESSION/eval.csv)")
     workers: int = option(2, "Ray actors separating tracks")
@@ -548,6 +573,21 @@ class EvalConfig:
     padding: int = option(DEFAULT_PADDING, "overlap between windows (samples)")
     batch_size: int = option(DEFAULT_BATCH_SIZE, "windows per forward pass")
     max_tracks: int | None = option(None, "score the first MAX_TRACKS test tracks (default: all)")
+    wiener: int = option(
+        0,
+        "multichannel Wiener filter over all targets: EM iterations (0: each target's own "
+        "estimate, no filter)",
+    )
+    softmask: bool = option(
+        False, "start the Wiener filter from ratio masks of the estimates", switch=True
+    )
+    residual: bool = option(
+        False, "with --wiener: the mixture minus the targets as one more source", switch=True
+    )
+
+    @property
+    def wiener_filter(self) -> WienerConfig:
+        return WienerConfig(self.wiener, self.softmask, self.residual)
 
     @property
     def csv_url(self) -> str:
@@ -560,7 +600,7 @@ class EvalConfig:
             require(bool(getattr(self, name)), name, "must not be empty")
         for name in ("workers", "batch_size"):
             require(getattr(self, name) >= 1, name, "must be at least 1")
-        _not_negative(self, "gpus_per_worker", "padding")
+        _not_negative(self, "gpus_per_worker", "padding", "wiener")
         require(self.max_tracks is None or self.max_tracks >= 1, "max_tracks", "must be at least 1")
         return self
 

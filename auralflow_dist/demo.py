@@ -116,6 +116,7 @@ def run_demo(workdir: str, quick: bool = False) -> dict[str, object]:
     _step("evaluating the test split")
     eval_url, rows = evaluate(EvalConfig(session=session, dataset=manifest_url, workers=2))
     median = next(r for r in rows if r["track"] == "median")
+    target = model_config.target
 
     _step(f"separating a folder of {s.songs} new songs with the bulk job")
     for i in range(s.songs):
@@ -135,9 +136,11 @@ def run_demo(workdir: str, quick: bool = False) -> dict[str, object]:
         "training samples/s": f"{result.metrics.get('samples_per_s', float('nan')):.1f}",
         "validation SI-SDR, mixture": f"{result.metrics['val_si_sdr_mixture']:+.2f} dB",
         "validation SI-SDR, estimate": f"{result.metrics['val_si_sdr']:+.2f} dB",
-        "test SI-SDR, mixture (median)": f"{median['target_si_sdr'] - median['target_si_sdri']:+.2f} dB",
-        "test SI-SDR, estimate (median)": f"{median['target_si_sdr']:+.2f} dB",
-        "test SI-SDR improvement (median)": f"{median['target_si_sdri']:+.2f} dB",
+        "test SI-SDR, mixture (median)": (
+            f"{median[f'{target}_si_sdr'] - median[f'{target}_si_sdri']:+.2f} dB"
+        ),
+        "test SI-SDR, estimate (median)": f"{median[f'{target}_si_sdr']:+.2f} dB",
+        "test SI-SDR improvement (median)": f"{median[f'{target}_si_sdri']:+.2f} dB",
         "separation speed": f"{summary.realtime_factor:.1f}x real time",
         "training time": f"{train_seconds:.0f} s",
         "total time": f"{time.perf_counter() - started:.0f} s",

@@ -1,18 +1,21 @@
 """``auralflow test``: separate every test-split track whole and score it (``eval.csv``).
 
 Tracks are spread over a Ray Data actor pool, as separation spreads its files, each actor loading
-the model once. A track is separated whole through the model's windowed path (network-sized
-windows, overlap-add), so memory holds the track's waveforms but never its full spectrogram.
-Scores per track, for the target and for the residual (mixture minus estimate, against the sum
-of the other stems):
+the bundle (one model per target, or one model) once. A track is separated whole into every
+target through the windowed path (network-sized windows, overlap-add, the Wiener filter where
+asked), so memory holds the track's waveforms but never its full spectrogram. Scores per track,
+for each target and for the residual (mixture minus the estimates, against the sum of the other
+stems), in columns named ``<stem>_<metric>``:
 
 - ``si_sdr``, ``si_snr``: scale-invariant, per channel then averaged;
 - ``sdr``: plain energy-ratio SDR over all channels and the whole track;
 - ``si_sdri``: SI-SDR improvement over the unprocessed mixture;
 - with ``bsseval``: museval's BSSEval v4 SDR (1 s frames, median over frames), what MUSDB
-  results are quoted in; target and residual scored together as one track's sources.
+  results are quoted in; every stem of a track scored together as its sources.
 
-Median and mean rows follow the tracks (SiSEC reports medians).
+With several targets, ``average_<metric>`` is the mean over the targets (not the residual): the
+four-stem average MUSDB18 results are quoted in. Median and mean rows follow the tracks (SiSEC
+reports medians).
 
 A track that fails is a row with an ``error`` instead of scores, and ``eval.csv`` always has
 every track. A worker process that dies (killed, out of memory) is restarted and its track
@@ -36,12 +39,12 @@ import torch
 
 from auralflow_dist import allocator, storage, tables, visualize
 from auralflow_dist.attempts import MAX_ATTEMPTS, AttemptLog
-from auralflow_dist.config import EvalConfig
+from auralflow_dist.config import EvalConfig, WienerConfig
 from auralflow_dist.data import manifest
 from auralflow_dist.data.decode import read_source
 from auralflow_dist.errors import AuralflowError
 from auralflow_dist.metrics import bsseval_sdr, sdr, si_sdr, si_snr
-from auralflow_dist.models.separator import Separator
+from auralflow_dist.models.separator import Bundle
 from auralflow_dist.progress import Ticker, clock, eta
 
 METRICS = ("si_sdr", "si_snr", "sdr", "si_sdri")
@@ -56,50 +59,63 @@ def _full(track: manifest.Track, name: str) -> np.ndarray:
 
 
 def score_track(
-    model: Separator, track: manifest.Track, bsseval: bool, padding: int, batch_size: int
+    bundle: Bundle, track: manifest.Track, bsseval: bool, padding: int, batch_size: int
 ) -> dict[str, Any]:
-    """Separate ``track`` whole and score target and residual."""
-    target_name = model.config.target
-    if target_name not in track.stem_names:
-        raise AuralflowError(f"{track.name}: no {target_name!r} stem to score against")
-    reference = _full(track, target_name)
+    """Separate ``track`` whole into every target of ``bundle`` and score each, and the residual."""
+    missing = [t for t in bundle.targets if t not in track.stem_names]
+    if missing:
+        raise AuralflowError(
+            f"{track.name}: no {', '.join(map(repr, missing))} stem to score against"
+        )
     if track.mixture_url is not None:
         mixture = _full(track, manifest.MIXTURE)
     else:
         mixture = np.sum([_full(track, s) for s in track.stem_names], axis=0, dtype=np.float32)
     start = time.perf_counter()
-    estimate = model.separate(
+    estimates = bundle.separate(
         mixture, sample_rate=track.sample_rate, padding=padding, batch_size=batch_size
     )
     took = time.perf_counter() - start
     mix = torch.from_numpy(mixture)
-    ref = torch.from_numpy(reference)
-    pairs = {"target": (estimate, ref), "residual": (mix - estimate, mix - ref)}
+    references = {t: torch.from_numpy(_full(track, t)) for t in bundle.targets}
+    references["residual"] = mix - torch.stack(list(references.values())).sum(dim=0)
     row: dict[str, Any] = {
         "track": track.name,
         "duration": track.duration,
         "seconds": took,
         "realtime_factor": track.duration / max(took, 1e-9),
     }
-    for part, (est, tgt) in pairs.items():
-        row[f"{part}_si_sdr"] = float(si_sdr(est, tgt).mean())
-        row[f"{part}_si_snr"] = float(si_snr(est, tgt).mean())
-        row[f"{part}_sdr"] = float(sdr(est.reshape(-1), tgt.reshape(-1)))
-        row[f"{part}_si_sdri"] = row[f"{part}_si_sdr"] - float(si_sdr(mix, tgt).mean())
+    for part, ref in references.items():
+        est = estimates[part]
+        row[f"{part}_si_sdr"] = float(si_sdr(est, ref).mean())
+        row[f"{part}_si_snr"] = float(si_snr(est, ref).mean())
+        row[f"{part}_sdr"] = float(sdr(est.reshape(-1), ref.reshape(-1)))
+        row[f"{part}_si_sdri"] = row[f"{part}_si_sdr"] - float(si_sdr(mix, ref).mean())
+    metrics = list(METRICS)
     if bsseval:
-        est = torch.stack([pairs["target"][0], pairs["residual"][0]])
-        ref_all = torch.stack([pairs["target"][1], pairs["residual"][1]])
-        scores = bsseval_sdr(est, ref_all, track.sample_rate)
-        row["target_bsseval_sdr"], row["residual_bsseval_sdr"] = map(float, scores)
+        scores = bsseval_sdr(
+            torch.stack([estimates[p] for p in references]),
+            torch.stack(list(references.values())),
+            track.sample_rate,
+        )
+        for part, score in zip(references, scores, strict=True):
+            row[f"{part}_bsseval_sdr"] = float(score)
+        metrics.append("bsseval_sdr")
+    if len(bundle.targets) > 1:
+        for metric in metrics:
+            row[f"average_{metric}"] = float(
+                np.mean([row[f"{t}_{metric}"] for t in bundle.targets])
+            )
     return row
 
 
 class TrackScorer:
-    """A Ray Data pool actor: loads the model once, then scores each track it is handed."""
+    """A Ray Data pool actor: loads the bundle once, then scores each track it is handed."""
 
     def __init__(
         self,
         model_url: str,
+        wiener: WienerConfig,
         s3: storage.S3Settings,
         bsseval: bool,
         padding: int,
@@ -109,7 +125,7 @@ class TrackScorer:
     ) -> None:
         storage.configure(s3)
         device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.model = Separator.from_checkpoint(model_url, device=device)
+        self.bundle = Bundle.from_checkpoints(model_url, device=device, wiener=wiener)
         self.bsseval = bsseval
         self.padding, self.batch_size = padding, batch_size
         self.log, self.crashes = log, crashes
@@ -128,7 +144,7 @@ class TrackScorer:
             self.log.begin(track.name, alone=True)
             if deaths < self.crashes.get(track.name, 0):
                 os._exit(1)
-            return score_track(self.model, track, self.bsseval, self.padding, self.batch_size)
+            return score_track(self.bundle, track, self.bsseval, self.padding, self.batch_size)
         except AuralflowError as err:
             error = str(err)
         except Exception as err:  # one track must never stop the evaluation
@@ -160,7 +176,10 @@ def evaluate(config: EvalConfig) -> tuple[str, list[dict[str, Any]]]:
     tracks = manifest.tracks(manifest.load_manifest(config.dataset), "test")[: config.max_tracks]
     if not tracks:
         raise AuralflowError(f"{config.dataset}: no test tracks to evaluate")
-    Separator.from_checkpoint(config.session, device="cpu")  # fail fast, clearly
+    # Fail fast, clearly: every model is there and the bundle holds together.
+    targets = sorted(
+        Bundle.from_checkpoints(config.session, "cpu", wiener=config.wiener_filter).targets
+    )
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False
     context.print_on_execution_start = False
@@ -180,6 +199,7 @@ def evaluate(config: EvalConfig) -> tuple[str, list[dict[str, Any]]]:
         runtime_env=allocator.worker_runtime_env(),
         fn_constructor_kwargs={
             "model_url": config.session,
+            "wiener": config.wiener_filter,
             "s3": storage.current_settings(),
             "bsseval": config.bsseval,
             "padding": config.padding,
@@ -189,7 +209,7 @@ def evaluate(config: EvalConfig) -> tuple[str, list[dict[str, Any]]]:
         },
     )
     try:
-        rows, stopped = _collect(dataset, len(tracks))
+        rows, stopped = _collect(dataset, len(tracks), targets)
     finally:
         log.remove()
     done = {r["track"] for r in rows}
@@ -201,11 +221,13 @@ def evaluate(config: EvalConfig) -> tuple[str, list[dict[str, Any]]]:
     rows.sort(key=lambda r: r["track"])
     rows += _summary_rows(rows)
     tables.write_rows(config.csv_url, rows, float_format=".4f")
-    _plot(config, rows)
+    _plot(config, rows, targets)
     return config.csv_url, rows
 
 
-def _collect(dataset: ray.data.Dataset, total: int) -> tuple[list[dict[str, Any]], str]:
+def _collect(
+    dataset: ray.data.Dataset, total: int, targets: list[str]
+) -> tuple[list[dict[str, Any]], str]:
     """The rows as they come, a line each, and why the run stopped early ("" if it did not)."""
     rows: list[dict[str, Any]] = []
     start = time.monotonic()
@@ -223,7 +245,9 @@ def _collect(dataset: ray.data.Dataset, total: int) -> tuple[list[dict[str, Any]
                 for text in batch["row"]:
                     row = json.loads(text)
                     rows.append(row)
-                    status = row.get("error") or f"target SI-SDR {row['target_si_sdr']:+.2f} dB"
+                    status = row.get("error") or ", ".join(
+                        f"{t} SI-SDR {row[f'{t}_si_sdr']:+.2f} dB" for t in targets
+                    )
                     print(f"[test] {len(rows)}/{total} {row['track']}: {status}", flush=True)
     except Exception as err:  # Ray gave up: the rows so far are kept, the rest marked
         first = (str(err).strip().splitlines() or [""])[0]
@@ -233,17 +257,17 @@ def _collect(dataset: ray.data.Dataset, total: int) -> tuple[list[dict[str, Any]
     return rows, ""
 
 
-def _plot(config: EvalConfig, rows: list[dict[str, Any]]) -> None:
+def _plot(config: EvalConfig, rows: list[dict[str, Any]], targets: list[str]) -> None:
     scored = [r for r in rows if "error" not in r and r["track"] not in ("median", "mean")]
     if not scored:
         return
+    bars: dict[str, list[float]] = {}
+    for target in targets:
+        bars[f"{target} SI-SDR"] = [r[f"{target}_si_sdr"] for r in scored]
+        bars[f"{target} SI-SDRi"] = [r[f"{target}_si_sdri"] for r in scored]
     png = visualize.bar_scores(
         [r["track"] for r in scored],
-        {
-            "target SI-SDR": [r["target_si_sdr"] for r in scored],
-            "target SI-SDRi": [r["target_si_sdri"] for r in scored],
-            "residual SI-SDR": [r["residual_si_sdr"] for r in scored],
-        },
+        bars,
         ylabel="dB",
         title=f"test split: {len(scored)} tracks",
     )

@@ -170,6 +170,37 @@ def resolve_model_dir(url: str) -> str:
     return url
 
 
+def _is_model(url: str) -> bool:
+    """Whether ``url`` holds a trained model (a session: in its ``best/``)."""
+    return storage.exists(storage.join(resolve_model_dir(url), WEIGHTS))
+
+
+def bundle_dirs(url: str) -> list[str]:
+    """The model folders of a separator bundle, one per target.
+
+    ``url`` is a model or session folder (a bundle of one), a folder of them (one per target,
+    as ``train --targets`` leaves), or several of them separated by commas.
+    """
+    if _is_model(url):
+        return [resolve_model_dir(url)]
+    parts = [part.strip() for part in url.split(",") if part.strip()]
+    if len(parts) > 1:
+        for part in parts:
+            if not _is_model(part):
+                raise CheckpointError(f"{part}: no trained model ({WEIGHTS}) here or in best/")
+        return [resolve_model_dir(part) for part in parts]
+    if not storage.exists(url):
+        raise CheckpointError(f"{url}: not found")
+    folders = [d for d in storage.listdir(url) if storage.is_dir(d)] if storage.is_dir(url) else []
+    members = [d for d in folders if _is_model(d)]
+    if not members:
+        raise CheckpointError(
+            f"{url}: no trained model ({WEIGHTS}) here, in best/ or in its subfolders (give a "
+            "session, a model folder, or a folder of one per target)"
+        )
+    return [resolve_model_dir(d) for d in members]
+
+
 # ----------------------------------------------------------------------------------------------
 # state.json: where the training loop stands
 

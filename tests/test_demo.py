@@ -17,7 +17,7 @@ def test_demo_runs_end_to_end_and_the_estimate_beats_the_mixture(tmp_path, capsy
     result, rows = out["train"], out["eval"]
     assert result.epochs == 2
     median = next(r for r in rows if r["track"] == "median")
-    assert median["target_si_sdri"] > 0, median
+    assert median["vocals_si_sdri"] > 0, median
     assert out["separation"].failed == 0 and out["separation"].ok == 2
     session = storage.join(str(tmp_path / "demo"), "session")
     for name in ("best/weights.pt", "eval.csv", "eval.png", "loss_curve.png"):

@@ -4,6 +4,7 @@ and a run that stops part-way: every track still gets a row."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import math
@@ -22,7 +23,7 @@ from auralflow_dist.data import manifest
 from auralflow_dist.data.generate import write_dataset
 from auralflow_dist.evaluate import evaluate
 from auralflow_dist.models.registry import build_network
-from auralflow_dist.session import save_network
+from auralflow_dist.session import read_model_config, save_network
 
 CELL = re.compile(r"-?\d+\.\d{4}|nan")
 PROGRESS = re.compile(r"\[test\] progress: [0-3]/3 tracks, \w+ elapsed, ETA (\w+|unknown)")
@@ -77,8 +78,8 @@ def test_every_test_track_is_a_row_and_a_broken_one_says_why(tmp_path: Path, cap
     by_name = {r["track"]: r for r in rows}
     assert set(by_name[broken.name]) == {"track", "error"}
     scored = [by_name[n] for n in names if n != broken.name]
-    assert by_name["median"]["target_si_sdr"] == pytest.approx(
-        float(np.median([r["target_si_sdr"] for r in scored]))
+    assert by_name["median"]["vocals_si_sdr"] == pytest.approx(
+        float(np.median([r["vocals_si_sdr"] for r in scored]))
     )
 
     table = list(csv.DictReader(io.StringIO(Path(url).read_text())))
@@ -86,10 +87,10 @@ def test_every_test_track_is_a_row_and_a_broken_one_says_why(tmp_path: Path, cap
     assert table[0].keys() == dict.fromkeys(k for r in rows for k in r).keys()
     for row in table:
         if row["track"] == broken.name:
-            assert row["error"] and row["target_si_sdr"] == ""
+            assert row["error"] and row["vocals_si_sdr"] == ""
         else:
-            assert CELL.fullmatch(row["target_si_sdr"]) and CELL.fullmatch(row["duration"])
-            assert math.isfinite(float(row["target_si_sdr"]))
+            assert CELL.fullmatch(row["vocals_si_sdr"]) and CELL.fullmatch(row["duration"])
+            assert math.isfinite(float(row["vocals_si_sdr"]))
     assert Path(session, "eval.png").read_bytes().startswith(b"\x89PNG")
 
 
@@ -116,19 +117,44 @@ def test_a_dying_worker_is_retried_and_a_track_that_keeps_killing_it_is_an_error
     assert [r["track"] for r in table] == [*sorted([once, always, fine]), "median", "mean"]
     for row in table[:3]:
         assert bool(row["error"]) == (row["track"] == always)
-        assert (row["target_si_sdr"] == "") == (row["track"] == always)
+        assert (row["vocals_si_sdr"] == "") == (row["track"] == always)
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("ray_local")
+def test_a_bundle_scores_every_target_and_their_four_stem_style_average(tmp_path: Path) -> None:
+    data, session, _ = _test_split_and_session(tmp_path)
+    bundle = tmp_path / "bundle"
+    for seed, target in enumerate(("drums", "vocals")):
+        config = dataclasses.replace(read_model_config(session), target=target)
+        torch.manual_seed(seed)
+        save_network(str(bundle / target), config, build_network(config))
+
+    _, rows = evaluate(
+        EvalConfig(
+            session=str(bundle), dataset=data, workers=2, wiener=1, residual=True, bsseval=True
+        )
+    )
+    median = next(r for r in rows if r["track"] == "median")
+    for stem in ("drums", "vocals", "residual"):
+        for metric in ("si_sdr", "si_sdri", "sdr", "bsseval_sdr"):
+            assert math.isfinite(median[f"{stem}_{metric}"]), (stem, metric)
+    for row in rows[:3]:
+        for metric in ("si_sdr", "bsseval_sdr"):
+            mean = (row[f"drums_{metric}"] + row[f"vocals_{metric}"]) / 2
+            assert row[f"average_{metric}"] == pytest.approx(mean)
 
 
 class _GivesUpAfterOneTrack:
     """A dataset whose run fails (Ray gave up) after the first track's row."""
 
     def iter_batches(self, **_):
-        yield {"row": [json.dumps({"track": "a", "target_si_sdr": 1.0})]}
+        yield {"row": [json.dumps({"track": "a", "vocals_si_sdr": 1.0})]}
         raise RuntimeError("all workers lost\n<a long traceback>")
 
 
 def test_rows_got_before_the_run_fails_are_kept_with_a_one_line_reason(capsys) -> None:
-    rows, stopped = evaluation._collect(_GivesUpAfterOneTrack(), total=2)
-    assert rows == [{"track": "a", "target_si_sdr": 1.0}]
+    rows, stopped = evaluation._collect(_GivesUpAfterOneTrack(), total=2, targets=["vocals"])
+    assert rows == [{"track": "a", "vocals_si_sdr": 1.0}]
     assert stopped == "the evaluation stopped (RuntimeError: all workers lost)"
     assert f"[test] {stopped} after 1/2 tracks" in capsys.readouterr().out

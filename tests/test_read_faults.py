@@ -28,6 +28,7 @@ from test_separate_job import noise, tiny_model
 from auralflow_dist import scratch, storage
 from auralflow_dist.data import stem_mp4
 from auralflow_dist.errors import AudioError
+from auralflow_dist.models.separator import Bundle
 from auralflow_dist.separate import SeparateConfig
 from auralflow_dist.separate.sources import Source
 from auralflow_dist.separate.track import TrackSeparator
@@ -47,7 +48,7 @@ def _separator(tmp_path: Path, **options) -> TrackSeparator:
         read_timeout=STALL_S,
         **options,
     ).validate()
-    return TrackSeparator(tiny_model().separator, job, model_key="k", run_id="r")
+    return TrackSeparator(Bundle([tiny_model().separator]), job, model_key="k", run_id="r")
 
 
 def _wav(seconds: float) -> bytes:
@@ -298,7 +299,7 @@ def test_a_full_disk_fails_the_file_with_one_line_and_leaves_no_partial_stem(
         if full == "spool":
             monkeypatch.setattr(tempfile, "tempdir", str(small))
         job = SeparateConfig(model="unused", audio=str(source), save=str(out)).validate()
-        separate = TrackSeparator(tiny_model().separator, job, model_key="k", run_id="r")
+        separate = TrackSeparator(Bundle([tiny_model().separator]), job, model_key="k", run_id="r")
         result = separate(Source(str(source), "song"))
 
         _assert_failed_cleanly(result, out, "song")

@@ -31,6 +31,7 @@ from test_separate_job import RATE, noise, put, save_model, tiny_model
 from auralflow_dist import storage
 from auralflow_dist.attempts import LEDGER_NAME, MAX_ATTEMPTS, AttemptLog
 from auralflow_dist.errors import StorageError
+from auralflow_dist.models.separator import Bundle
 from auralflow_dist.separate import SeparateConfig, SeparationSummary, results, run_separation
 from auralflow_dist.separate.job import FileSeparator, _Gate
 from auralflow_dist.separate.results import FileResult, Tally
@@ -129,10 +130,12 @@ def test_a_double_colon_in_a_file_name_is_a_name_not_a_url_chain(storage_root: s
     job = SeparateConfig(
         model="unused", audio=url, save=storage.join(storage_root, "out")
     ).validate()
-    result = TrackSeparator(tiny_model().separator, job, model_key="k", run_id="r")(source)
+    result = TrackSeparator(Bundle([tiny_model().separator]), job, model_key="k", run_id="r")(
+        source
+    )
     assert result.status == "ok", result.error
-    assert result.target_url == storage.join(storage_root, "out", "a::b", "vocals.wav")
-    assert storage.exists(result.target_url)
+    assert result.output("vocals") == storage.join(storage_root, "out", "a::b", "vocals.wav")
+    assert storage.exists(result.output("vocals"))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -333,8 +336,8 @@ def test_a_stopped_job_leaves_a_whole_table_and_odd_names_get_folders_of_their_o
     summary = run_separation(_job(model, str(inputs), save), echo=lambda line: None)
     rows = {r.input_url.rsplit("/", 1)[1]: r for r in summary.results}
     assert all(rows[n].status in ("ok", "skipped") for n in NAMES), rows
-    assert len({rows[n].target_url for n in NAMES}) == len(NAMES)
-    assert all(os.path.isfile(rows[n].target_url) for n in NAMES)
+    assert len({rows[n].output("vocals") for n in NAMES}) == len(NAMES)
+    assert all(os.path.isfile(rows[n].output("vocals")) for n in NAMES)
     assert sorted(_table(summary)) == sorted([*NAMES, "empty.wav"])
     assert json.loads(storage.read_bytes(storage.join(save, "_job.json")))["files"] == 7
     assert not storage.exists(storage.join(save, LEDGER_NAME))

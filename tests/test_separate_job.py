@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import io
+import json
 import os
 import threading
 import time
@@ -25,8 +26,9 @@ from auralflow_dist import audio, storage
 from auralflow_dist.config import ModelConfig
 from auralflow_dist.errors import AuralflowError, ConfigError
 from auralflow_dist.models.mask_model import SpectrogramMaskModel
+from auralflow_dist.models.separator import Bundle
 from auralflow_dist.observability import REGISTRY
-from auralflow_dist.separate import SeparateConfig, SeparationSummary, run_separation
+from auralflow_dist.separate import SeparateConfig, SeparationSummary, run_separation, track
 from auralflow_dist.separate.job import CRASH_ONCE_ENV, _files_at_once
 from auralflow_dist.separate.sources import Source, list_sources, track_names
 from auralflow_dist.separate.track import TrackSeparator
@@ -36,7 +38,7 @@ RATE = 16000
 TOL = 1e-4
 
 
-def tiny_config(num_channels: int = 1, sample_rate: int = RATE) -> ModelConfig:
+def tiny_config(num_channels: int = 1, sample_rate: int = RATE, target: str = "vocals"):
     return ModelConfig(
         hidden_channels=4,
         sample_rate=sample_rate,
@@ -45,17 +47,29 @@ def tiny_config(num_channels: int = 1, sample_rate: int = RATE) -> ModelConfig:
         window_size=256,
         hop_length=128,
         num_channels=num_channels,
+        target=target,
     ).validate()
 
 
-def tiny_model(num_channels: int = 1, sample_rate: int = RATE) -> SpectrogramMaskModel:
-    torch.manual_seed(0)
-    return SpectrogramMaskModel(tiny_config(num_channels, sample_rate), device="cpu")
+def tiny_model(
+    num_channels: int = 1, sample_rate: int = RATE, target: str = "vocals", seed: int = 0
+) -> SpectrogramMaskModel:
+    torch.manual_seed(seed)
+    return SpectrogramMaskModel(tiny_config(num_channels, sample_rate, target), device="cpu")
 
 
-def save_model(url: str, num_channels: int = 1, sample_rate: int = RATE) -> str:
-    model = tiny_model(num_channels, sample_rate)
+def save_model(
+    url: str, num_channels: int = 1, sample_rate: int = RATE, target: str = "vocals", seed: int = 0
+) -> str:
+    model = tiny_model(num_channels, sample_rate, target, seed)
     save_network(url, model.config, model.model)
+    return url
+
+
+def save_bundle(url: str, targets: tuple[str, ...] = ("drums", "vocals")) -> str:
+    """A folder of one model per target, as ``train --targets`` leaves."""
+    for seed, target in enumerate(targets):
+        save_model(storage.join(url, target), target=target, seed=seed)
     return url
 
 
@@ -171,20 +185,28 @@ def write_inputs(root: str) -> None:
     put(storage.join(root, "nan.wav"), nan, RATE, "WAV", "FLOAT")
 
 
-def check_outputs(model_url: str, inputs: str, summary, residual: bool) -> None:
-    reference = SpectrogramMaskModel.from_checkpoint(model_url, device="cpu")
+def check_outputs(bundle_url: str, inputs: str, summary, residual: bool) -> None:
+    """Every target's stem equals its own model's `separate()` of the file; the residual is the
+    mixture minus them all."""
+    references = {
+        t: SpectrogramMaskModel.from_checkpoint(storage.join(bundle_url, t), device="cpu")
+        for t in ("drums", "vocals")
+    }
     rows = {r.input_url[len(inputs) + 1 :]: r for r in summary.results}
     for name in GOOD:
         row = rows[name]
         assert row.status in ("ok", "skipped"), row
         x, rate = audio.read(storage.join(inputs, name))
-        want = reference.separate(x, sample_rate=rate).numpy()
-        target, out_rate = audio.read(row.target_url)
-        assert (out_rate, target.shape) == (rate, x.shape), name
-        assert np.abs(target - want).max() < TOL, name
+        rest = x.copy()
+        for target, reference in references.items():
+            want = reference.separate(x, sample_rate=rate).numpy()
+            got, out_rate = audio.read(row.output(target))
+            assert (out_rate, got.shape) == (rate, x.shape), name
+            assert np.abs(got - want).max() < TOL, (name, target)
+            rest -= want
         if residual:
-            rest, _ = audio.read(row.residual_url)
-            assert np.abs(rest - (x - want)).max() < TOL, name
+            got, _ = audio.read(row.output("residual"))
+            assert np.abs(got - rest).max() < TOL, name
     assert rows["song/mixture.ogg"].track == "song"
 
 
@@ -215,7 +237,7 @@ def test_job_separates_good_files_reports_bad_ones_and_resumes(
     storage_root: str, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
 ) -> None:
     local = not storage_root.startswith("s3://")
-    model_url = save_model(storage.join(storage_root, "model"))
+    model_url = save_bundle(storage.join(storage_root, "bundle"))
     inputs, save = storage.join(storage_root, "in"), storage.join(storage_root, "out")
     write_inputs(inputs)
     if local:  # a worker process exits for real on its first look at this file
@@ -248,7 +270,7 @@ def test_job_separates_good_files_reports_bad_ones_and_resumes(
     assert second.audio_seconds == 0
 
     if local:
-        target = Path(rows["mono.flac"].target_url)
+        target = Path(rows["mono.flac"].output("drums"))
         before = target.stat().st_mtime_ns
         third = run(model_url, inputs, save, overwrite=True, duration=1.0)
         assert (third.ok, third.skipped) == (len(GOOD), 0)
@@ -259,7 +281,7 @@ def test_job_separates_good_files_reports_bad_ones_and_resumes(
 
 
 def test_unreadable_model_or_inputs_fail_at_the_edge(tmp_path: Path) -> None:
-    with pytest.raises(AuralflowError, match=r"model\.json"):
+    with pytest.raises(AuralflowError, match="no trained model"):
         run_separation(SeparateConfig(model=str(tmp_path), audio=str(tmp_path), save="x"))
     model_url = save_model(str(tmp_path / "model"))
     (tmp_path / "in").mkdir()
@@ -315,7 +337,7 @@ def _separate_one_hour(tmp_path: Path, rate: int, seconds: int) -> None:
     job = SeparateConfig(
         model="unused", audio=str(path), save=str(tmp_path / "out"), residual=True
     ).validate()
-    separate = TrackSeparator(model.separator, job, model_key="k", run_id="r")
+    separate = TrackSeparator(Bundle([model.separator]), job, model_key="k", run_id="r")
     warm = tmp_path / "warm.wav"
     sf.write(warm, noise(65, rate, 1), rate)  # warms up every buffer at full block size
     assert separate(Source(str(warm), "warm")).status == "ok"
@@ -335,9 +357,44 @@ def _separate_one_hour(tmp_path: Path, rate: int, seconds: int) -> None:
         done.set()
         sampler.join()
     assert result.status == "ok", result.error
-    assert sf.info(result.target_url).frames == rate * seconds
+    assert sf.info(result.output("vocals")).frames == rate * seconds
     # The file is 115 MB as float32: holding it whole, let alone its windows, would show here.
     assert peak[0] - base < 60 * 2**20, f"RSS grew by {(peak[0] - base) / 2**20:.0f} MiB"
+
+
+def test_every_stem_comes_from_one_decode_of_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bundle = save_bundle(str(tmp_path / "bundle"), ("bass", "drums", "vocals"))
+    song = tmp_path / "song.flac"
+    x = noise(2.0, RATE, 2)
+    put(str(song), x, RATE, "FLAC", "PCM_24")
+    opened: list[str] = []
+    real_open = track.open_audio
+
+    def counting_open(url: str):
+        opened.append(url)
+        return real_open(url)
+
+    monkeypatch.setattr(track, "open_audio", counting_open)
+    job = SeparateConfig(
+        model=bundle,
+        audio=str(song),
+        save=str(tmp_path / "out"),
+        residual=True,
+        wiener=1,
+        subtype="FLOAT",
+    ).validate()
+    separate = TrackSeparator(
+        Bundle.from_checkpoints(bundle, "cpu", wiener=job.wiener_filter), job, "k", "r"
+    )
+    result = separate(Source(str(song), "song"))
+    assert result.status == "ok", result.error
+    assert opened == [str(song)]  # decoded once for three targets and the residual
+    stems = {name: audio.read(url)[0] for name, url in json.loads(result.outputs).items()}
+    assert list(stems) == ["bass", "drums", "vocals", "residual"]
+    # The filter splits the mixture: the stems add up to it.
+    assert np.abs(sum(stems.values()) - audio.read(str(song))[0]).max() < 1e-4
 
 
 # ------------------------------------------------------------------------------------------------
@@ -348,7 +405,7 @@ def _track_separator(tmp_path: Path, **options) -> TrackSeparator:
     job = SeparateConfig(
         model="unused", audio=str(tmp_path), save=str(tmp_path / "out"), **options
     ).validate()
-    return TrackSeparator(tiny_model().separator, job, model_key="k", run_id="r")
+    return TrackSeparator(Bundle([tiny_model().separator]), job, model_key="k", run_id="r")
 
 
 def _cut(path: Path, data: np.ndarray, rate: int, fmt: str) -> None:

@@ -21,9 +21,12 @@ import pytest
 import ray
 
 from auralflow_dist import ray_logs
+from auralflow_dist.cli import main
 from auralflow_dist.config import ModelConfig, TrainerConfig, from_dict, to_json
 from auralflow_dist.data.generate import write_dataset
+from auralflow_dist.errors import AuralflowError
 from auralflow_dist.session import write_model_config
+from auralflow_dist.tune import SweepConfig, run_sweep
 
 STOP_WITHIN_S = 30.0
 MODEL = ModelConfig(
@@ -70,7 +73,7 @@ RAY_CHATTER = [
     "192.0.2.2, which is 4x the maximum expected startup concurrency (2).",
 ]
 REAL_LINES = [
-    "[train] epoch   1/2  loss 2.9108  val 0.4637  val SI-SDR -0.46 dB (mixture -1.78)",
+    "[train vocals] epoch   1/2  loss 2.9108  val 0.4637  val SI-SDR -0.46 dB (mixture -1.78)",
     "Traceback (most recent call last):",
     '  File "/work/main/auralflow_dist/train/loop.py", line 170, in train_loop_per_worker',
     "ValueError: the data went missing",
@@ -217,19 +220,6 @@ def _running(process) -> bool:
         return False
 
 
-def run(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> str:
-    done = subprocess.run(
-        [sys.executable, "-m", "auralflow_dist", *args],
-        cwd=cwd,
-        env={**os.environ, "RAY_AUTH_MODE": "disabled", **(env or {})},
-        capture_output=True,
-        text=True,
-        timeout=400,
-    )
-    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
-    return done.stdout + done.stderr
-
-
 def checkpoint_of_epoch(session: Path, epoch: int) -> Path | None:
     found = sorted(session.glob(f"checkpoints/*/checkpoint_epoch_{epoch:04d}"))
     return found[0] if found else None
@@ -250,7 +240,9 @@ def chatter_in(output: str) -> list[str]:
 
 
 @pytest.mark.slow
-def test_sigterm_stops_train_and_its_ray_and_resume_continues(dataset: str, tmp_path: Path) -> None:
+def test_sigterm_stops_train_and_its_ray_and_resume_continues(
+    ray_local, dataset: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     session = tmp_path / "session"
     write_model_config(str(session), MODEL)
     train = Command(["train", str(session), dataset, *TRAIN_FLAGS, "--max-epochs=50"], tmp_path)
@@ -261,42 +253,58 @@ def test_sigterm_stops_train_and_its_ray_and_resume_continues(dataset: str, tmp_
         if train.process.poll() is None:
             train.kill()
     assert "auralflow train: stopped by SIGTERM; run it again with --resume" in train.output
-    assert "[train] epoch" in train.output  # our own lines come through ...
+    assert "[train vocals] epoch" in train.output  # our own lines come through ...
     assert not chatter_in(train.output), chatter_in(train.output)  # ... Ray's chatter does not
     assert "DeprecationWarning" not in train.output
     kept = first.stat().st_mtime_ns
 
-    out = run(
-        ["train", str(session), dataset, *TRAIN_FLAGS, "--max-epochs=2", "--resume"], tmp_path
-    )
-    assert "trained 2 epoch(s)" in out
+    # Resumed in this process, on the tests' Ray: a second local Ray would cost a minute here.
+    assert main(["train", str(session), dataset, *TRAIN_FLAGS, "--max-epochs=2", "--resume"]) == 0
+    assert "trained 2 epoch(s)" in capsys.readouterr().out
     assert first.stat().st_mtime_ns == kept  # epoch 1 was not trained again
     assert checkpoint_of_epoch(session, 2) is not None
 
 
 @pytest.mark.slow
-def test_sigint_stops_a_sweep_and_its_ray(dataset: str, tmp_path: Path) -> None:
+def test_sigint_stops_a_sweep_and_its_ray_and_resume_skips_finished_trials(
+    ray_local, dataset: str, tmp_path: Path
+) -> None:
     base = tmp_path / "base"
     write_model_config(str(base), MODEL)
-    space = tmp_path / "space.json"
-    space.write_text('{"trainer.lr": {"choice": [0.002]}}')
-    sweep = tmp_path / "sweep"
-    args = ["tune", str(sweep), dataset, "--num-samples=1", "--scheduler=fifo", "--max-epochs=2"]
-    env = {"TUNE_GLOBAL_CHECKPOINT_S": "1"}  # Tune's own state saved every second
     (base / "trainer.json").write_text(to_json(from_dict(TrainerConfig, TRAINER)))
-    tune = Command([*args, f"--space={space}", f"--base={base}"], tmp_path, env)
+    space = tmp_path / "space.json"
+    space.write_text('{"trainer.lr": {"grid": [0.001, 0.002]}}')
+    sweep = tmp_path / "sweep"
+    args = ["tune", str(sweep), dataset, f"--space={space}", f"--base={base}", "--num-samples=1"]
+    args += ["--scheduler=fifo", "--max-concurrent=1", "--max-epochs=2"]
+    env = {"TUNE_GLOBAL_CHECKPOINT_S": "1"}  # Tune's own state saved every second
+    tune = Command(args, tmp_path, env)
     try:
+        # One trial at a time: once the second has checkpointed an epoch, the first is done.
         tune.wait_for(sweep / "trials")
-        (trial,) = (sweep / "trials").iterdir()
-        wait_for_checkpoint(tune, trial, 1)
+        while len(list((sweep / "trials").iterdir())) < 2:
+            assert tune.process.poll() is None, f"ended early:\n{tune.output[-3000:]}"
+            time.sleep(0.5)
+        first, second = sorted((sweep / "trials").iterdir())
+        kept_epoch = wait_for_checkpoint(tune, second, 1)
         tune.stop(signal.SIGINT)
     finally:
         if tune.process.poll() is None:
             tune.kill()
     assert "auralflow tune: stopped by SIGINT; run it again with --resume" in tune.output
-    # What --resume then does with the trials it finds is test_tune.py's
-    # test_interrupted_sweep_resumes_without_rerunning_finished_trials (a driver SIGKILLed:
-    # the stop here leaves the same state behind).
+    assert not chatter_in(tune.output), chatter_in(tune.output)
+    before = {p: p.stat().st_mtime_ns for p in (first / "checkpoints").rglob("*")}
+    kept_mtime = kept_epoch.stat().st_mtime_ns
+
+    summary = run_sweep(SweepConfig(str(sweep), dataset, resume=True))
+    assert (summary.trials, summary.ok) == (2, 2)
+    assert sorted((sweep / "trials").iterdir()) == [first, second]
+    after = {p: p.stat().st_mtime_ns for p in (first / "checkpoints").rglob("*")}
+    assert after == before  # the finished trial did not run again
+    assert kept_epoch.stat().st_mtime_ns == kept_mtime  # the second went on from its epoch 1
+    assert checkpoint_of_epoch(second, 2) is not None
+    with pytest.raises(AuralflowError, match="pass --resume"):
+        run_sweep(SweepConfig(str(sweep), dataset, space=str(space)))
 
 
 @pytest.mark.slow

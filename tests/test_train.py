@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 import sys
@@ -16,7 +15,6 @@ import soundfile as sf
 import torch
 
 from auralflow_dist import storage
-from auralflow_dist.cli import main
 from auralflow_dist.config import ModelConfig, TrainerConfig, from_dict
 from auralflow_dist.data.generate import write_dataset
 from auralflow_dist.data.manifest import SCHEMA, write_manifest
@@ -154,70 +152,6 @@ def test_bad_inputs_fail_before_training(tmp_path, dataset):
         train(session, empty, model_config(), trainer_config())
     with pytest.raises(ConfigError, match="batch_size"):
         train(session, dataset, model_config(), trainer_config(batch_size=64))
-
-
-@pytest.mark.slow
-@on_ray
-def test_cli_train_flags_reach_trainer_json(tmp_path, dataset, capsys):
-    session = str(tmp_path / "cli")
-    assert (
-        main(
-            [
-                "config",
-                "SpectrogramNetSimple",
-                "--save",
-                session,
-                "--sample-rate",
-                "8000",
-                "--sample-length",
-                "0.5",
-                "--num-fft",
-                "256",
-                "--window-size",
-                "256",
-                "--hop-length",
-                "128",
-                "--hidden-channels",
-                "4",
-            ]
-        )
-        == 0
-    )
-    rc = main(
-        [
-            "train",
-            session,
-            dataset,
-            "--workers",
-            "1",
-            "--max-epochs",
-            "1",
-            "--max-samples",
-            "16",
-            "--batch-size",
-            "4",
-            "--val-chunks",
-            "4",
-            "--criterion",
-            "si-sdr",
-            "--min_delta",
-            "0.02",
-            "--view-wave",
-            "--silent",
-            "--clip-grad",
-            "true",
-            "--use-amp",
-            "false",
-            "--display",
-        ]
-    )
-    assert rc == 0
-    saved = json.loads(Path(session, "trainer.json").read_text())
-    assert saved["criterion"] == "si_sdr" and saved["min_delta"] == 0.02
-    assert saved["view_wav"] is True and saved["clip_grad"] is True and saved["use_amp"] is False
-    out = capsys.readouterr().out
-    assert "trained 1 epoch" in out
-    assert "[train] epoch" not in out  # --silent
 
 
 FAULT_SCRIPT = textwrap.dedent("""

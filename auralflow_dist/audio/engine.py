@@ -8,12 +8,11 @@ soon as every input it depends on has arrived:
 1. `StreamResampler` to the model's rate: torchaudio's sinc resampler is an FIR filter applied
    once per period of ``orig / gcd`` input samples, so a block of whole periods with enough real
    context on both sides gives exactly the samples the whole-signal call gives.
-2. `WindowStream`: windows on `frame_signal`'s grid, separated in batches, blended with
-   `overlap_add`'s weights (a partition of unity) once the last window covering a sample is in.
-3. `channel_estimator`: the channel rules (a mono model takes every channel on its own; a stereo
-   model takes stereo as it is, any other count as each channel duplicated to stereo and averaged
-   back).
-4. Back to the input's rate, then the residual (mixture minus target), then the output rate.
+2. `WindowStream`: windows on `frame_signal`'s grid, separated in batches into every target,
+   blended with `overlap_add`'s weights (a partition of unity) once the last window covering a
+   sample is in. The estimator sees every channel of a window at once (the channel rules and a
+   multichannel Wiener filter live there).
+3. Back to the input's rate, then the residual (mixture minus the targets), then the output rate.
 
 Memory is bounded by the block size plus one window, however long the file.
 """
@@ -29,7 +28,7 @@ import torch.nn.functional as F
 from auralflow_dist.audio.convert import resample, resampling_context
 from auralflow_dist.audio.windowing import num_frames, overlap_add
 
-# Windows (count, channels, samples) -> estimates of the same shape.
+# Windows (count, channels, samples) -> estimates (count, targets, channels, samples).
 Estimator = Callable[[torch.Tensor], torch.Tensor]
 
 
@@ -87,14 +86,21 @@ class WindowStream:
     """`frame_signal` -> estimator -> `overlap_add` on a stream, with the whole-signal result."""
 
     def __init__(
-        self, estimate: Estimator, window: int, padding: int, channels: int, device: torch.device
+        self,
+        estimate: Estimator,
+        window: int,
+        padding: int,
+        channels: int,
+        device: torch.device,
+        targets: int = 1,
     ) -> None:
         self.estimate, self.window, self.padding = estimate, window, padding
         self.hop = window - padding
         # The padded signal from the start of the next window; frame_signal's left padding first.
         self.buffer = torch.zeros((channels, padding), device=device)
         self.next_window = 0
-        self.estimates = torch.zeros((0, channels, window), device=device)
+        # Every target's channels side by side: (windows, targets * channels, window).
+        self.estimates = torch.zeros((0, targets * channels, window), device=device)
         self.first_window = 0  # the window `estimates[0]` belongs to
         self.received = 0
         self.emitted = 0
@@ -126,7 +132,8 @@ class WindowStream:
             return
         span = (count - self.next_window - 1) * self.hop + self.window
         frames = self.buffer[:, :span].unfold(-1, self.window, self.hop).transpose(0, 1)
-        self.estimates = torch.cat([self.estimates, self.estimate(frames.contiguous())])
+        estimates = self.estimate(frames.contiguous())
+        self.estimates = torch.cat([self.estimates, estimates.flatten(1, 2)])
         self.buffer = self.buffer[:, (count - self.next_window) * self.hop :]
         self.next_window = count
 
@@ -144,29 +151,11 @@ class WindowStream:
         return out
 
 
-def channel_estimator(estimate: Estimator, model_channels: int) -> Estimator:
-    """Windows of any channel count through a network of ``model_channels`` (1 or 2).
-
-    Windows of all channel groups share one call, so they share batches.
-    """
-
-    def run(frames: torch.Tensor) -> torch.Tensor:
-        count, channels, window = frames.shape
-        if model_channels == 1:
-            return estimate(frames.reshape(count * channels, 1, window)).reshape(frames.shape)
-        if channels == 2:
-            return estimate(frames)
-        stereo = frames.reshape(count * channels, 1, window).expand(-1, 2, -1)
-        return estimate(stereo).mean(dim=1).reshape(frames.shape)
-
-    return run
-
-
 class SeparationEngine:
-    """Input blocks at the file's rate in, (target, residual) blocks at the output rate out.
+    """Input blocks at the file's rate in, target and residual blocks at the output rate out.
 
-    ``estimate`` separates windows of ``window`` samples with ``model_channels`` channels at
-    ``model_rate``; everything else (rates, channel counts, overlap) is handled here.
+    ``estimate`` separates windows of ``window`` samples at ``model_rate`` into ``targets``
+    estimates; everything else (rates, overlap, the residual) is handled here.
     """
 
     def __init__(
@@ -174,57 +163,56 @@ class SeparationEngine:
         estimate: Estimator,
         *,
         model_rate: int,
-        model_channels: int,
         window: int,
         sample_rate: int,
         channels: int,
         padding: int,
+        targets: int = 1,
         output_rate: int | None = None,
         device: torch.device | str = "cpu",
     ) -> None:
         device = self.device = torch.device(device)
-        self.channels = channels
+        self.channels, self.targets = channels, targets
         self.to_model = StreamResampler(sample_rate, model_rate, channels, device)
-        self.windows = WindowStream(
-            channel_estimator(estimate, model_channels), window, padding, channels, device
-        )
-        self.from_model = StreamResampler(model_rate, sample_rate, channels, device)
+        self.windows = WindowStream(estimate, window, padding, channels, device, targets)
+        self.from_model = StreamResampler(model_rate, sample_rate, targets * channels, device)
         self.to_output = StreamResampler(
-            sample_rate, output_rate or sample_rate, 2 * channels, device
+            sample_rate, output_rate or sample_rate, (targets + 1) * channels, device
         )
         self.mixture = torch.zeros((channels, 0), device=device)  # input not yet matched
 
-    def push(self, block: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Target and residual, (channels, n) on the CPU, for the samples ``block`` completes."""
+    def push(self, block: torch.Tensor) -> torch.Tensor:
+        """The targets then the residual, ``(targets + 1, channels, n)`` on the CPU, for the
+        samples ``block`` completes."""
         x = block.to(self.device)
         self.mixture = torch.cat([self.mixture, x], dim=-1)
-        target = self.from_model.push(self.windows.push(self.to_model.push(x)))
-        return self._emit(self.to_output.push(self._pair(target)))
+        targets = self.from_model.push(self.windows.push(self.to_model.push(x)))
+        return self._emit(self.to_output.push(self._with_residual(targets)))
 
-    def finish(self, block: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def finish(self, block: torch.Tensor | None = None) -> torch.Tensor:
         """The remaining samples, after a last ``block``: the outputs are as long as the input
         (at the output rate)."""
         x = self.mixture[:, :0] if block is None else block.to(self.device)
         self.mixture = torch.cat([self.mixture, x], dim=-1)
         rest = torch.cat([self.to_model.push(x), self.to_model.finish()], dim=-1)
-        target = self.from_model.push(self.windows.finish(rest))
-        target = torch.cat([target, self.from_model.finish()], dim=-1)
-        pair = self.to_output.push(self._pair(target))
-        return self._emit(torch.cat([pair, self.to_output.finish()], dim=-1))
+        targets = self.from_model.push(self.windows.finish(rest))
+        targets = torch.cat([targets, self.from_model.finish()], dim=-1)
+        stems = self.to_output.push(self._with_residual(targets))
+        return self._emit(torch.cat([stems, self.to_output.finish()], dim=-1))
 
-    def run(self, audio: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def run(self, audio: torch.Tensor) -> torch.Tensor:
         """A whole signal ``(channels, samples)``: the finish of a stream of one block."""
         return self.finish(audio)
 
-    def _pair(self, target: torch.Tensor) -> torch.Tensor:
-        """Target over residual (mixture - target) for the input samples the target covers."""
+    def _with_residual(self, targets: torch.Tensor) -> torch.Tensor:
+        """The targets over the residual (mixture - their sum) for the input samples they cover."""
         # The model side runs a few samples past the input's end (resampling rounds up).
-        target = target[:, : self.mixture.shape[-1]]
-        n = target.shape[-1]
-        pair = torch.cat([target, self.mixture[:, :n] - target])
+        targets = targets[:, : self.mixture.shape[-1]]
+        n = targets.shape[-1]
+        total = targets.reshape(self.targets, self.channels, n).sum(dim=0)
+        stems = torch.cat([targets, self.mixture[:, :n] - total])
         self.mixture = self.mixture[:, n:]
-        return pair
+        return stems
 
-    def _emit(self, pair: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        pair = pair.cpu()
-        return pair[: self.channels], pair[self.channels :]
+    def _emit(self, stems: torch.Tensor) -> torch.Tensor:
+        return stems.cpu().reshape(self.targets + 1, self.channels, -1)

@@ -12,7 +12,13 @@ from dataclasses import dataclass
 import soundfile as sf
 
 from auralflow_dist import flags
-from auralflow_dist.config import DEFAULT_BATCH_SIZE, DEFAULT_PADDING, from_dict, option
+from auralflow_dist.config import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_PADDING,
+    WienerConfig,
+    from_dict,
+    option,
+)
 from auralflow_dist.errors import ConfigError
 
 FORMATS = {"wav": "WAV", "flac": "FLAC"}
@@ -25,7 +31,8 @@ class SeparateConfig:
     or the cluster" (see each field)."""
 
     model: str = option(
-        help="a training session folder (its best/ model) or a model folder",
+        help="a training session folder (its best/ model) or a model folder; for several "
+        "stems in one pass, a folder of one per target or comma-separated ones",
         positional=True,
         metavar="session_or_model_url",
     )
@@ -36,7 +43,20 @@ class SeparateConfig:
         metavar="audio_url",
     )
     save: str = option(help="output folder: <save>/<track>/<target>.wav, plus _results.csv")
-    residual: bool = option(False, "also save residual.wav", switch=True)
+    residual: bool = option(
+        False,
+        "also save residual.wav (the mixture minus every target; with --wiener, one more "
+        "source in the filter)",
+        switch=True,
+    )
+    wiener: int = option(
+        0,
+        "multichannel Wiener filter over all targets: EM iterations (0: each target's own "
+        "estimate, no filter)",
+    )
+    softmask: bool = option(
+        False, "start the Wiener filter from ratio masks of the estimates", switch=True
+    )
     duration: float | None = option(
         None, "separate only the first DURATION seconds (default: whole files)"
     )
@@ -85,6 +105,8 @@ class SeparateConfig:
         # it (`audio.convert.check_resampling`) and fails on its own if not.
         if self.sr is not None and not MIN_RATE <= self.sr <= MAX_RATE:
             raise ConfigError("sr", f"must be in {MIN_RATE}..{MAX_RATE} Hz, not {self.sr}")
+        if self.wiener < 0:
+            raise ConfigError("wiener", f"must not be negative, not {self.wiener}")
         if self.padding < 0:
             raise ConfigError("padding", f"must not be negative, not {self.padding}")
         if self.workers is not None and self.workers < 1:
@@ -113,6 +135,10 @@ class SeparateConfig:
         if self.metrics_port is not None and not 0 < self.metrics_port < 65536:
             raise ConfigError("metrics_port", f"must be in 1..65535, not {self.metrics_port}")
         return self
+
+    @property
+    def wiener_filter(self) -> WienerConfig:
+        return WienerConfig(self.wiener, self.softmask, self.residual)
 
     @property
     def file_format(self) -> str:

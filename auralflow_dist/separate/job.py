@@ -1,7 +1,8 @@
-"""The bulk separation job: Ray Data over the input files, one model replica per pool actor.
+"""The bulk separation job: Ray Data over the input files, one model bundle per pool actor.
 
-The driver lists the files, then streams them through an actor pool (each actor loads the model
-once and separates whole files with `TrackSeparator`, on CPU one per CPU side by side), and
+The driver lists the files, then streams them through an actor pool (each actor loads the bundle,
+one model per target, once and separates whole files into every stem with `TrackSeparator`, on
+CPU one per CPU side by side), and
 counts the results as they come back: progress lines, Prometheus series, and the ``_results``
 table, rewritten as results come in and written once more however the job ends (a SIGTERM
 from ``ray job stop`` or Kubernetes included).
@@ -40,7 +41,7 @@ import torch
 from auralflow_dist import allocator, observability, runtime, session, storage
 from auralflow_dist.attempts import MAX_ATTEMPTS, AttemptLog
 from auralflow_dist.errors import AudioError, ConfigError, StorageError
-from auralflow_dist.models.separator import Separator
+from auralflow_dist.models.separator import Bundle, check_bundle
 from auralflow_dist.separate.config import SeparateConfig
 from auralflow_dist.separate.results import (
     FileResult,
@@ -99,7 +100,7 @@ class FileSeparator:
     def __init__(
         self,
         job: SeparateConfig,
-        model_dir: str,
+        model_dirs: list[str],
         model_key: str,
         run_id: str,
         s3: storage.S3Settings,
@@ -109,8 +110,8 @@ class FileSeparator:
     ) -> None:
         storage.configure(s3)
         torch.set_num_threads(threads)
-        separator = Separator.from_checkpoint(model_dir)
-        self.separate = TrackSeparator(separator, job, model_key, run_id)
+        bundle = Bundle.from_checkpoints(",".join(model_dirs), wiener=job.wiener_filter)
+        self.separate = TrackSeparator(bundle, job, model_key, run_id)
         self.log = AttemptLog(job.save, run_id)
         self.at_once, self.crash_once = at_once, crash_once
         self.gate = _Gate()
@@ -283,12 +284,13 @@ def run_separation(job: SeparateConfig, echo: Callable[[str], None] = print) -> 
         save=storage.absolute(job.save),
     )
     start = time.monotonic()
-    model_dir = session.resolve_model_dir(job.model)
-    model_config = session.read_model_config(model_dir)
-    window = model_config.num_samples
+    model_dirs = session.bundle_dirs(job.model)
+    configs = [session.read_model_config(d) for d in model_dirs]
+    check_bundle(configs, job.wiener_filter)
+    window = configs[0].num_samples
     if job.padding >= window:
         raise ConfigError("padding", f"must be below the model's window of {window} samples")
-    model_key = fingerprint(storage.join(model_dir, session.WEIGHTS))
+    model_key = ";".join(fingerprint(storage.join(d, session.WEIGHTS)) for d in model_dirs)
     sources = list_sources(job.audio, exclude=job.save)
     if not sources:
         raise AudioError(f"{storage.mask_url(job.audio)}: no .wav, .flac, .ogg or .mp3 files")
@@ -303,7 +305,7 @@ def run_separation(job: SeparateConfig, echo: Callable[[str], None] = print) -> 
                     "run_id": run_id,
                     "started": datetime.datetime.now(datetime.timezone.utc).isoformat(),
                     "files": len(sources),
-                    "model_dir": model_dir,
+                    "model_dirs": {c.target: d for c, d in zip(configs, model_dirs, strict=True)},
                     "config": dataclasses.asdict(job),
                 },
                 indent=2,
@@ -321,7 +323,8 @@ def run_separation(job: SeparateConfig, echo: Callable[[str], None] = print) -> 
     workers, gpus, cpus = _resources(job, ray.cluster_resources(), node_cpus)
     at_once = _files_at_once(len(sources), workers, gpus, cpus)
     echo(
-        f"separating {len(sources)} files with {workers} worker(s) "
+        f"separating {len(sources)} files into {', '.join(sorted(c.target for c in configs))}"
+        f"{' + residual' if job.residual else ''} with {workers} worker(s) "
         f"({gpus:g} GPU, {cpus:g} CPU, {at_once} file(s) at a time each) "
         f"into {storage.mask_url(job.save)}"
     )
@@ -342,7 +345,7 @@ def run_separation(job: SeparateConfig, echo: Callable[[str], None] = print) -> 
         runtime_env=allocator.worker_runtime_env(),
         fn_constructor_kwargs={
             "job": job,
-            "model_dir": model_dir,
+            "model_dirs": model_dirs,
             "model_key": model_key,
             "run_id": run_id,
             "s3": storage.current_settings(),

@@ -11,6 +11,7 @@ least every `HEARTBEAT_S`, even while no file finishes (one 3-hour file).
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import threading
 import time
@@ -46,10 +47,13 @@ class FileResult:
     sample_rate: int = 0  # of the input
     channels: int = 0
     output_sample_rate: int = 0
-    target_url: str = ""
-    residual_url: str = ""
+    outputs: str = ""  # JSON: stem name (every target, then residual) -> URL
     trimmed: bool = False  # --duration cut the file short
     attempts: int = 1  # times started: > 1 when a worker died during it and it was retried
+
+    def output(self, stem: str) -> str:
+        """The URL of ``stem``'s file ("" where there is none)."""
+        return json.loads(self.outputs or "{}").get(stem, "")
 
     @classmethod
     def from_batch(cls, batch: dict[str, Any]) -> list[FileResult]:

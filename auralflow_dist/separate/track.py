@@ -1,4 +1,5 @@
-"""Separate one file, in bounded memory, into ``<save>/<track>/<target>.<ext>`` (+ residual).
+"""Separate one file, in bounded memory, into ``<save>/<track>/<target>.<ext>`` for every target
+of the bundle (+ residual), decoding it once.
 
 Decoding, separation and writing overlap: a reader thread decodes the next block while the
 model separates the current one, and a writer thread spools finished samples to local disk.
@@ -37,7 +38,7 @@ from auralflow_dist import audio, scratch, storage
 from auralflow_dist.audio.engine import SeparationEngine
 from auralflow_dist.audio.io import GuardedFile, open_audio, promised_frames
 from auralflow_dist.errors import AudioError, AuralflowError, StorageError
-from auralflow_dist.models.separator import Separator
+from auralflow_dist.models.separator import Bundle
 from auralflow_dist.separate.config import SeparateConfig
 from auralflow_dist.separate.results import FAILED, OK, SKIPPED, FileResult
 from auralflow_dist.separate.sources import Source
@@ -240,19 +241,18 @@ class _Spool:
 
 
 class TrackSeparator:
-    """Separates files one at a time with one loaded model: skip, stream, encode, mark done."""
+    """Separates files one at a time with one loaded bundle: skip, stream, encode, mark done."""
 
-    def __init__(
-        self, separator: Separator, job: SeparateConfig, model_key: str, run_id: str
-    ) -> None:
-        self.separator, self.job, self.run_id = separator, job, run_id
+    def __init__(self, bundle: Bundle, job: SeparateConfig, model_key: str, run_id: str) -> None:
+        self.bundle, self.job, self.run_id = bundle, job, run_id
         scratch.sweep()  # this may be a restarted worker: its predecessor's spools are litter
-        self.target = separator.config.target
+        self.stems = [*bundle.targets, "residual"] if job.residual else list(bundle.targets)
         # What the outputs depend on: a marker written under other settings does not count.
         self.settings = {
             "model": model_key,
-            "target": self.target,
+            "targets": bundle.targets,
             "residual": job.residual,
+            "wiener": dataclasses.asdict(bundle.wiener),
             "duration": job.duration,
             "sr": job.sr,
             "padding": job.padding,
@@ -263,9 +263,7 @@ class TrackSeparator:
     def __call__(self, source: Source) -> FileResult:
         start = time.monotonic()
         folder = storage.join(self.job.save, source.track)
-        target_url = storage.join(folder, f"{self.target}.{self.job.format}")
-        residual_url = storage.join(folder, f"residual.{self.job.format}")
-        outputs = [target_url, residual_url] if self.job.residual else [target_url]
+        outputs = [storage.join(folder, f"{stem}.{self.job.format}") for stem in self.stems]
         marker = storage.join(folder, DONE_NAME)
         result = FileResult(input_url=source.url, track=source.track)
         try:
@@ -281,8 +279,7 @@ class TrackSeparator:
                 storage.remove(marker, missing_ok=True)
             self._separate(source.url, result, outputs)
             result.status = OK
-            result.target_url = target_url
-            result.residual_url = residual_url if self.job.residual else ""
+            result.outputs = json.dumps(dict(zip(self.stems, outputs, strict=True)))
             result.seconds = time.monotonic() - start
             result.realtime_factor = result.duration_s / max(result.seconds, 1e-9)
             record = {
@@ -332,14 +329,13 @@ class TrackSeparator:
         result.sample_rate, result.channels, result.output_sample_rate = rate, channels, out_rate
         result.trimmed = limit is not None and limit < header.frames
         # At least one batch of windows per block, so the model always sees full batches.
-        config = self.separator.config
+        config = self.bundle.config
         hop = config.num_samples - job.padding
         batch = math.ceil(job.batch_size * hop * rate / config.sample_rate)
         block_frames = max(1, round(job.block_seconds * rate), batch)
-        stream = self.separator.engine(rate, channels, out_rate, job.padding, job.batch_size)
-        names = ["target", "residual"] if job.residual else ["target"]
+        stream = self.bundle.engine(rate, channels, out_rate, job.padding, job.batch_size)
         with tempfile.TemporaryDirectory(prefix="separate-", dir=scratch.process_dir()) as tmp:
-            stems = [_Spool(os.path.join(tmp, f"{n}.f32"), channels) for n in names]
+            stems = [_Spool(os.path.join(tmp, f"{i}.f32"), channels) for i in range(len(outputs))]
             with contextlib.ExitStack() as closing:  # closes every spool, whichever fails
                 for spool in stems:
                     closing.callback(spool.close)
@@ -375,6 +371,7 @@ class TrackSeparator:
         return frames
 
     @staticmethod
-    def _spool(stems: list[_Spool], pair: tuple[torch.Tensor, torch.Tensor]) -> None:
-        for spool, part in zip(stems, pair, strict=False):
+    def _spool(stems: list[_Spool], parts: torch.Tensor) -> None:
+        """The targets' samples, then the residual's where it is kept (the engine's order)."""
+        for spool, part in zip(stems, parts, strict=False):
             spool.append(part.numpy())

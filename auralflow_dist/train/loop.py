@@ -36,7 +36,7 @@ from auralflow_dist.metrics import si_sdr
 from auralflow_dist.models.mask_model import SpectrogramMaskModel
 from auralflow_dist.session import BEST, save_network
 from auralflow_dist.train import state as ckpt_state
-from auralflow_dist.train.reporting import EpochReporter
+from auralflow_dist.train.reporting import EpochReporter, tag
 
 STATUS_FILE = "train_status.json"
 
@@ -201,7 +201,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     if rank == 0:
         memory = f"; peak memory {loop_config['memory']}" if loop_config.get("memory") else ""
         print(
-            f"[train] {world} worker(s) on {device}; batch {trainer.data.batch_size} per worker, "
+            f"{tag(model_config)} {world} worker(s) on {device}; batch {trainer.data.batch_size} per worker, "
             f"{trainer.data.batch_size * world} global{memory}; starting at epoch "
             f"{loop.epoch + 1}",
             flush=True,

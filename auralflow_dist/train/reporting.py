@@ -28,6 +28,12 @@ from auralflow_dist.progress import eta
 from auralflow_dist.train.state import LoopState
 
 
+def tag(model_config: ModelConfig) -> str:
+    """What every training line starts with: the target, so that side-by-side runs
+    (``train --targets``) tell apart."""
+    return f"[train {model_config.target}]"
+
+
 class EpochProgress:
     """A line every ``interval`` seconds within an epoch, so a 17-minute epoch is not silent.
 
@@ -42,7 +48,9 @@ class EpochProgress:
         interval: float,
         world: int = 1,
         clock: Callable[[], float] = time.monotonic,
+        tag: str = "[train]",
     ) -> None:
+        self.tag = tag
         self.epoch, self.max_epochs, self.total = epoch, max_epochs, total_steps
         self.interval, self.world, self.clock = interval, world, clock
         self.start = self.last = clock()
@@ -60,7 +68,7 @@ class EpochProgress:
         self.last = now
         elapsed = max(now - self.start, 1e-9)
         return (
-            f"[train] epoch {self.epoch:>3}/{self.max_epochs}  step {self.steps}/{self.total}  "
+            f"{self.tag} epoch {self.epoch:>3}/{self.max_epochs}  step {self.steps}/{self.total}  "
             f"loss {self.loss_sum / self.steps:.4f}  "
             f"{self.samples * self.world / elapsed:.1f} samples/s  ETA {eta(self.steps, self.total, elapsed)}"
         )
@@ -86,7 +94,12 @@ class EpochReporter:
     def start_epoch(self, epoch: int, total_steps: int) -> None:
         t = self.trainer
         self.progress = EpochProgress(
-            epoch, t.optim.max_epochs, total_steps, t.logging.progress_interval, self.world
+            epoch,
+            t.optim.max_epochs,
+            total_steps,
+            t.logging.progress_interval,
+            self.world,
+            tag=tag(self.model_config),
         )
 
     def step(self, global_step: int, loss: float, grad_norm: float | None, samples: int) -> None:
@@ -130,7 +143,7 @@ class EpochReporter:
         if self.trainer.logging.silent:
             return
         print(
-            f"[train] epoch {m['epoch']:>3}/{self.trainer.optim.max_epochs}  "
+            f"{tag(self.model_config)} epoch {m['epoch']:>3}/{self.trainer.optim.max_epochs}  "
             f"loss {m['train_loss']:.4f}  val {m['val_loss']:.4f}  "
             f"val SI-SDR {m['val_si_sdr']:+.2f} dB (mixture {m['val_si_sdr_mixture']:+.2f})  "
             f"{m['samples_per_s']:.1f} samples/s  data wait {100 * m['data_wait_share']:.0f}%  "

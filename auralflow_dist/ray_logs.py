@@ -81,6 +81,7 @@ def quiet() -> None:
 
     Call after ``ray.init`` (which sets up the forwarding); calling it again changes nothing.
     """
+    import ray._private.worker as ray_worker
     from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
 
     with dispatcher._lock:
@@ -88,6 +89,11 @@ def quiet() -> None:
             (name, _filtered(handler) if name == _FORWARDING_HANDLER else handler)
             for name, handler in dispatcher.handlers
         ]
+    # The raylet's messages (its "N PYTHON worker processes have been started" warning) reach
+    # the driver on another path: the error listener prints them through this function.
+    printer = ray_worker.print_to_stdstream
+    if not getattr(printer, "drops_noise", False):
+        ray_worker.print_to_stdstream = _filtered_printer(printer)
     import ray.data  # noqa: F401  (configures the "ray.data" logger, which we then tune)
 
     for handler in logging.getLogger("ray.data").handlers:
@@ -95,6 +101,16 @@ def quiet() -> None:
             handler, logging.FileHandler
         ):
             handler.setLevel(max(handler.level, logging.WARNING))
+
+
+def _filtered_printer(printer: Callable[..., None]) -> Callable[..., None]:
+    def print_to_stdstream(data: dict[str, Any], ignore_prefix: bool) -> None:
+        lines = drop_noise(data.get("lines", []))
+        if lines:
+            printer({**data, "lines": lines}, ignore_prefix)
+
+    print_to_stdstream.drops_noise = True  # type: ignore[attr-defined]
+    return print_to_stdstream
 
 
 def _filtered(handler: Callable[[dict[str, Any]], None]) -> Callable[[dict[str, Any]], None]:

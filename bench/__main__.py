@@ -8,6 +8,7 @@ BENCHMARKS = (
     ("bench.data_throughput", []),
     ("bench.train_throughput", []),
     ("bench.separate_throughput", []),
+    ("bench.all_stems", []),
     ("bench.heap", []),
 )
 

@@ -164,3 +164,33 @@ def test_a_rate_pair_with_a_huge_resampling_kernel_fails_at_set_up() -> None:
         separator().engine(RATE, 1, output_rate=44101)
     with pytest.raises(AudioError, match="cannot resample 44101 Hz to 16000 Hz"):
         separator().engine(44101, 1)
+
+
+@pytest.mark.parametrize(("rate", "block"), [(RATE, 3000), (44100, 2000), (8000, 500)])
+def test_several_targets_stream_as_each_would_alone(rate: int, block: int) -> None:
+    """Targets side by side through one engine: each equals its own engine's stream, and the
+    residual is the mixture minus them all."""
+    gains = (0.3, 0.5)
+
+    def make(estimate, targets: int) -> SeparationEngine:
+        return SeparationEngine(
+            estimate,
+            model_rate=RATE,
+            window=4000,
+            sample_rate=rate,
+            channels=2,
+            padding=300,
+            targets=targets,
+        )
+
+    def stream(engine: SeparationEngine, x: torch.Tensor) -> torch.Tensor:
+        parts = [engine.push(b) for b in x.split(block, dim=-1)] + [engine.finish()]
+        return torch.cat(parts, dim=-1)
+
+    x = torch.rand(2, int(rate * 0.9) + 7) - 0.5
+    both = stream(make(lambda w: torch.stack([w * g for g in gains], dim=1), 2), x)
+    assert both.shape == (3, 2, x.shape[-1])
+    for i, gain in enumerate(gains):
+        alone = stream(make(lambda w, g=gain: (w * g)[:, None], 1), x)
+        torch.testing.assert_close(both[i], alone[0], rtol=0, atol=1e-6)
+    torch.testing.assert_close(both[2], x - both[0] - both[1], rtol=0, atol=1e-6)

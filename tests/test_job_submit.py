@@ -347,7 +347,7 @@ def test_train_separate_evaluate_as_submitted_jobs(
     assert {r["status"] for r in results} == {"ok"}, results
 
     output = succeed(cluster, s3_server, f"python jobs/evaluate.py {session} {data} --workers 1")
-    assert "median target SI-SDR" in output, tail(output)
+    assert "median vocals SI-SDR" in output, tail(output)
     scores = read_csv(storage.join(session, "eval.csv"))
     assert sorted(r["track"] for r in scores if r["track"] not in ("median", "mean")) == tracks
 

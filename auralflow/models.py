@@ -6,6 +6,7 @@ from auralflow_dist.models import (
     SpectrogramNetSimple,
     SpectrogramNetVAE,
     count_parameters,
+    load,
 )
 from auralflow_dist.models.mask_model import SpectrogramMaskModel
 
@@ -20,4 +21,5 @@ __all__ = [
     "SpectrogramNetSimple",
     "SpectrogramNetVAE",
     "count_parameters",
+    "load",
 ]

@@ -68,8 +68,16 @@ def _cmd_train(args: argparse.Namespace) -> None:
         resume=args.resume,
         metrics_port=args.metrics_port,
         pushgateway=args.pushgateway,
+        init_weights=_init_from(args),
     )
     print(result.summary())
+
+
+def _init_from(args: argparse.Namespace) -> str | None:
+    """``--init-from``: a model URL as given, or the cached folder of a model index name."""
+    from auralflow_dist.models import index
+
+    return index.resolve(args.init_from, args.model_index) if args.init_from else None
 
 
 def _train_targets(
@@ -85,7 +93,13 @@ def _train_targets(
     cluster = trainer.cluster
     connect(args.address, len(targets) * cluster.workers_max * cluster.cpus_per_worker)
     outcomes = train_targets(
-        args.session, args.dataset, model_config, trainer, targets, resume=args.resume
+        args.session,
+        args.dataset,
+        model_config,
+        trainer,
+        targets,
+        resume=args.resume,
+        init_weights=_init_from(args),
     )
     print(summary_table(outcomes))
     failed = [o.target for o in outcomes if o.result is None]
@@ -158,9 +172,27 @@ def _cmd_make_dataset(args: argparse.Namespace) -> None:
 
 
 def _cmd_download(args: argparse.Namespace) -> None:
+    from auralflow_dist import storage
+    from auralflow_dist.models import index
     from auralflow_dist.session import download
 
-    print(f"downloaded to {download(args.url, args.save, sha256=args.sha256)}")
+    entry = None if "://" in args.model else index.lookup(args.model, args.model_index)
+    if entry is None:
+        if not storage.exists(args.model):
+            index.resolve(args.model, args.model_index)  # names what the index has
+        print(f"downloaded to {download(args.model, args.save, sha256=args.sha256)}")
+        return
+    index.fetch(entry, args.save)
+    print(
+        f"downloaded {entry.name} ({', '.join(entry.targets)}) to {args.save}; every file checked"
+    )
+
+
+def _cmd_index(args: argparse.Namespace) -> None:
+    from auralflow_dist.models.index import add_to_index
+
+    entry = add_to_index(args.save, args.name, args.model)
+    print(f"{args.save}: {args.name} -> {args.model} ({len(entry['files'])} files with SHA-256)")
 
 
 def _cmd_demo(args: argparse.Namespace) -> None:
@@ -213,6 +245,16 @@ def _parser() -> argparse.ArgumentParser:
         help="train one model per target side by side into SESSION/<target>/ (comma-separated "
         "stems, or 'all': every stem of the dataset); SESSION is then a bundle for separate/test",
     )
+    p.add_argument(
+        "--init-from",
+        "--init_from",
+        dest="init_from",
+        default=None,
+        help="fine-tune: start from this model's weights (a model, session or bundle URL, or a "
+        "name in the model index), with a fresh optimizer; --resume still continues a run",
+    )
+    p.add_argument("--model-index", "--model_index", dest="model_index", default=None,
+                   help="the model index's URL (default: $AURALFLOW_MODEL_INDEX)")  # fmt: skip
     p.add_argument("--address", default=None, help="Ray cluster address (default: local Ray)")
     p.add_argument(
         "--metrics-port",
@@ -252,11 +294,23 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=("wav", "flac", "ogg", "mp3"), default="wav")
     p.set_defaults(func=_cmd_make_dataset)
 
-    p = sub.add_parser("download", help="copy a model directory from any URL, checking its SHA-256")
-    p.add_argument("url")
+    p = sub.add_parser(
+        "download", help="fetch a model by its name in a model index, or copy one from any URL"
+    )
+    p.add_argument("model", help="a name in the model index, or a model folder's URL")
     p.add_argument("--save", required=True)
-    p.add_argument("--sha256", default=None, help="expected SHA-256 of weights.pt")
+    p.add_argument("--sha256", default=None, help="with a URL: expected SHA-256 of weights.pt")
+    p.add_argument("--model-index", "--model_index", dest="model_index", default=None,
+                   help="the model index's URL (default: $AURALFLOW_MODEL_INDEX)")  # fmt: skip
     p.set_defaults(func=_cmd_download)
+
+    p = sub.add_parser("index", help="add a model or bundle to a model index, with its checksums")
+    p.add_argument("model", help="a model, session or bundle folder (any URL)")
+    p.add_argument("--name", required=True, help="the name it is found by")
+    p.add_argument(
+        "--save", required=True, help="the index file (JSON, any URL): created or updated"
+    )
+    p.set_defaults(func=_cmd_index)
 
     p = sub.add_parser("demo", help="run the main job end to end on generated data")
     p.add_argument("--workdir", default="demo_output")
@@ -362,9 +416,15 @@ def _stop(command: str, signum: int, frame: object) -> None:
         os._exit(128 + signum)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, filter_output: bool | None = None) -> int:
+    """The command line. ``filter_output`` (default: when run as a command, ``argv`` None)
+    drops Ray's routine lines that its C++ core writes straight to stderr (`ray_logs`)."""
     parser = _parser()
     args = parser.parse_args(argv)
+    if filter_output if filter_output is not None else argv is None:
+        from auralflow_dist.ray_logs import filter_stderr
+
+        filter_stderr()
     func: Callable[[argparse.Namespace], None] = args.func
     try:
         if args.command in STOPPABLE and threading.current_thread() is threading.main_thread():

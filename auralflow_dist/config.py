@@ -491,7 +491,7 @@ class LoggingConfig:
     view_spec: bool = option(False, "TensorBoard: spectrogram images")
     view_wav: bool = option(False, "TensorBoard: waveform images", aliases=["view_wave"])
     image_freq: int = option(5, "epochs between spectrogram/waveform images")
-    silent: bool = option(False, "suppress the per-epoch progress line")
+    silent: bool = option(False, "suppress checkpoint logging (the per-epoch checkpoint line)")
     progress_interval: float = option(30.0, "seconds between progress lines within an epoch")
 
     def validate(self) -> LoggingConfig:
@@ -559,8 +559,8 @@ class EvalConfig:
     """One ``auralflow test``: separate and score the test split (see `auralflow_dist.evaluate`)."""
 
     session: str = option(
-        help="session folder or model directory; for every stem at once, a folder of one per "
-        "target or comma-separated ones",
+        help="session folder, model directory or a name in the model index; for every stem "
+        "at once, a folder of one per target or comma-separated ones",
         positional=True,
     )
     dataset: str = option(help="dataset root or prepared manifest", positional=True)
@@ -583,6 +583,9 @@ class EvalConfig:
     )
     residual: bool = option(
         False, "with --wiener: the mixture minus the targets as one more source", switch=True
+    )
+    model_index: str | None = option(
+        None, "model index (JSON, any URL) that names models (default: $AURALFLOW_MODEL_INDEX)"
     )
 
     @property

@@ -45,6 +45,7 @@ from auralflow_dist.data import manifest
 from auralflow_dist.data.decode import read_source
 from auralflow_dist.errors import AuralflowError
 from auralflow_dist.metrics import bsseval_sdr, sdr, si_sdr, si_snr
+from auralflow_dist.models import index
 from auralflow_dist.models.separator import Bundle
 from auralflow_dist.progress import Ticker, clock, eta
 
@@ -176,7 +177,9 @@ def evaluate(config: EvalConfig) -> tuple[str, list[dict[str, Any]]]:
     """Score every test track; returns the CSV URL and the rows (tracks, then median and mean)."""
     # The scoring actors' working directory is not this process's.
     config = dataclasses.replace(
-        config, session=storage.absolute(config.session), dataset=storage.absolute(config.dataset)
+        config,
+        session=storage.absolute(index.resolve(config.session, config.model_index)),
+        dataset=storage.absolute(config.dataset),
     )
     tracks = manifest.tracks(manifest.load_manifest(config.dataset), "test")[: config.max_tracks]
     if not tracks:

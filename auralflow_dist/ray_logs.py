@@ -16,18 +16,29 @@ action:
 - "Note:" lines of mpg123, libsndfile's MP3 decoder, on frames it resynchronises over;
 - the raylet's warning that more worker processes started than it expected (routine on a
   machine of few cores: Ray Data's and Train's actors);
-- everything from `QUIET_ACTORS`, the cleaner's shutdown traceback included.
+- everything from `QUIET_ACTORS`, the cleaner's shutdown traceback included;
+- in the driver itself: Ray's note that token authentication is on (at every local start), and
+  the core worker's E-level notice that an actor has constructor arguments in the object store,
+  which Ray Data's own actor pools always have (it puts their map function there).
 
 `quiet` drops exactly these from the forwarded lines, keeps Ray's own deprecation warnings and
-Ray Data's INFO records out of the driver's own stderr, and leaves every other line alone.
+Ray Data's INFO records out of the driver's own stderr, and leaves every other line alone. The
+core worker writes to file descriptor 2 from C++, past Python: `filter_stderr` (the command
+line's) runs that descriptor through a small child process that drops the same lines.
 """
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import logging
+import os
 import re
+import signal
+import subprocess
+import sys
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 NOISE = re.compile(
@@ -45,6 +56,7 @@ NOISE = re.compile(
             r"Reporting training result \d+: TrainingReport",
             r"\[Gloo\] Rank \d+ is connected to",
             r"PYTHON worker processes have been started on node",
+            r"Token authentication is enabled for this Ray cluster",
             r"^Note: ",
         ]
     )
@@ -59,7 +71,11 @@ QUIET_ACTORS = frozenset({"PlacementGroupCleaner"})
 
 def drop_noise(lines: Iterable[str]) -> list[str]:
     """``lines`` without Ray's routine chatter (a deprecation warning with its source line)."""
-    kept: list[str] = []
+    return list(_kept(lines))
+
+
+def _kept(lines: Iterable[str]) -> Iterator[str]:
+    """`drop_noise` line by line, for a stream."""
     source_follows = False
     for line in lines:
         if source_follows and line.startswith(" "):
@@ -67,8 +83,68 @@ def drop_noise(lines: Iterable[str]) -> list[str]:
             continue
         source_follows = bool(_DEPRECATION.search(line))
         if not source_follows and not NOISE.search(line):
-            kept.append(line)
-    return kept
+            yield line
+
+
+class DropNoise(logging.Filter):
+    """A handler filter: Ray's records that `NOISE` names (its progress-bar and token notes)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not NOISE.search(record.getMessage())
+
+
+def filter_driver_logs() -> None:
+    """`DropNoise` on the stream handlers of Ray's loggers here; before ``ray.init``, whose
+    token-authentication note it drops. Calling it again changes nothing."""
+    import ray  # noqa: F401  (sets up Ray's handlers, which get the filter)
+
+    for name in ("ray", "ray.data", "ray.train", "ray.tune"):
+        for handler in logging.getLogger(name).handlers:
+            if not any(isinstance(f, DropNoise) for f in handler.filters):
+                handler.addFilter(DropNoise())
+
+
+def filter_stderr() -> None:
+    """Send this process's file descriptor 2 through a child that drops `NOISE` lines.
+
+    The child ignores SIGINT and SIGTERM (a Ctrl-C reaches the whole process group; the command
+    still has lines to print after it) and ends when the last writer closes the pipe. At exit
+    this process closes its end and waits briefly, so every line is out before the shell's
+    prompt; Ray processes that inherited the pipe keep it open only until they stop.
+    """
+    original = os.dup(2)
+    read, write = os.pipe()
+    child = subprocess.Popen(
+        [sys.executable, "-c", "from auralflow_dist.ray_logs import _pass_lines; _pass_lines()"],
+        stdin=read,
+        stdout=original,
+        stderr=original,
+        close_fds=True,
+    )
+    os.close(read)
+    sys.stderr.flush()
+    os.dup2(write, 2)
+    os.close(write)
+
+    def restore() -> None:
+        with contextlib.suppress(OSError, ValueError):
+            sys.stderr.flush()
+        os.dup2(original, 2)  # closes our end of the pipe
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            child.wait(timeout=5)
+
+    atexit.register(restore)
+
+
+def _pass_lines() -> None:
+    """The `filter_stderr` child: stdin to stdout, line by line, without `NOISE`."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    out = sys.stdout.buffer
+    lines = (raw.decode("utf-8", "surrogateescape") for raw in sys.stdin.buffer)
+    for line in _kept(lines):
+        out.write(line.encode("utf-8", "surrogateescape"))
+        out.flush()
 
 
 def silence_deprecations() -> None:

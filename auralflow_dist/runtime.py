@@ -34,6 +34,7 @@ def connect(address: str | None = None, reserved_cpus: float = 0.0) -> None:
     # (its compile-debug folder) and fails. Named here, it is never asked for.
     os.environ.setdefault("TORCH_COMPILE_DEBUG_DIR", tempfile.gettempdir())
     ray_logs.silence_deprecations()
+    ray_logs.filter_driver_logs()
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
         _init(address=address, log_to_driver=True)

@@ -11,7 +11,9 @@ from auralflow_dist import cli
 
 
 def main(argv: list[str] | None = None) -> int:
-    return cli.main(["train", *(sys.argv[1:] if argv is None else argv)])
+    return cli.main(
+        ["train", *(sys.argv[1:] if argv is None else argv)], filter_output=argv is None
+    )
 
 
 if __name__ == "__main__":

@@ -68,6 +68,8 @@ RAY_CHATTER = [
     "  self.exclude_resources = exclude_resources",
     "Note: Illegal Audio-MPEG-Header 0x00000000 at offset 40123.",
     "Note: Trying to resync...",
+    "2026-12-01 18:40:40,165\tWARNING authentication_token_setup.py:85 -- Token authentication "
+    "is enabled for this Ray cluster. Set RAY_AUTH_MODE=disabled to opt out.",
     "[Gloo] Rank 0 is connected to 0 peer ranks. Expected number of connected peer ranks is : 0",
     "WARNING: 8 PYTHON worker processes have been started on node: 8f8a97 with address: "
     "192.0.2.2, which is 4x the maximum expected startup concurrency (2).",
@@ -125,6 +127,25 @@ def test_the_raylets_messages_lose_the_chatter_too() -> None:
     died = "A worker died or was killed while executing a task by an unexpected system error."
     printer({"lines": [raylet, died], "pid": "raylet"}, ignore_prefix=False)
     assert printed == [[died]]
+
+
+STDERR_WRITER = """\
+import os, sys
+from auralflow_dist import ray_logs
+ray_logs.filter_stderr()
+print("stdout stays as it is", flush=True)
+for line in lines:  # straight to descriptor 2, as Ray's C++ core worker writes
+    os.write(2, (line + "\\n").encode())
+print("Python's own stderr", file=sys.stderr)
+"""
+
+
+def test_the_command_lines_stderr_loses_the_chatter_its_cpp_core_writes() -> None:
+    code = f"lines = {RAY_CHATTER + REAL_LINES!r}\n" + STDERR_WRITER
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "stdout stays as it is\n"
+    assert done.stderr.splitlines() == [*REAL_LINES, "Python's own stderr"]
 
 
 @pytest.mark.slow

@@ -106,8 +106,14 @@ def test_short_run_learns_and_fills_the_session_folder(storage_root, dataset, ca
         "waveform/vocals_epoch_0002.png",
     ):
         assert storage.exists(storage.join(session, name)), name
-    runs = storage.find_files(storage.join(session, "runs"))
-    assert any("tfevents" in url for url in runs)
+    from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer
+
+    logged = EventMultiplexer().AddRunsFromDirectory(storage.join(session, "runs")).Reload()
+    tags = {t for run in logged.Runs().values() for kind in ("histograms", "scalars")
+            for t in run.get(kind, [])}  # fmt: skip
+    for wanted in ("grads/encoder.0.conv.0.0.weight", "grad_norm/head.0.bias", "grad_norm/total",
+                   "weights/head.0.bias", "weight_norm/head.0.bias", "val/si_sdr"):  # fmt: skip
+        assert wanted in tags, (wanted, sorted(tags)[:20])
     checkpoints = storage.find_files(storage.join(session, "checkpoints"))
     assert any(url.endswith("checkpoint_epoch_0003/weights.pt") for url in checkpoints)
     assert [int(float(h["epoch"])) for h in history(session)] == [1, 2, 3]
@@ -254,14 +260,53 @@ def test_progress_lines_come_every_interval_with_steps_rate_loss_and_eta():
     assert "ETA 1m10s" in shown[0]
 
 
-def test_reporter_prints_progress_within_the_epoch_unless_silent(tmp_path, capsys):
-    for silent, expected in ((False, 3), (True, 0)):
+def test_silent_drops_the_checkpoint_line_and_keeps_the_progress(tmp_path, capsys):
+    """The seeds' ``--silent`` suppresses checkpoint logging; progress and epoch lines stay."""
+    model = SpectrogramMaskModel(model_config(), trainer_config(), device="cpu")
+    for silent in (False, True):
         trainer = trainer_config(progress_interval=1e-9, silent=silent)
-        reporter = EpochReporter(str(tmp_path), model_config(), trainer)
+        reporter = EpochReporter(str(tmp_path / str(silent)), model_config(), trainer)
         reporter.start_epoch(1, total_steps=3)
         for step in range(3):
             reporter.step(step, 0.25, None, samples=4)
-        assert capsys.readouterr().out.count("step ") == expected
+        reporter.epoch(LoopState(), _tb_metrics(1), model, None)
+        out = capsys.readouterr().out
+        assert out.count("step ") == 3 and "val SI-SDR" in out
+        assert ("checkpoint saved; best so far" in out) is not silent
+
+
+def test_view_grad_and_view_norm_log_the_gradients_the_step_clears(tmp_path):
+    """Gradients exist only between backward and the optimizer step (which sets them to None):
+    the histograms and norms are read there, with or without --clip-grad."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    trainer = trainer_config(tensorboard=True, view_grad=True, view_norm=True, clip_grad=False)
+    model = SpectrogramMaskModel(model_config(), trainer, device="cpu")
+    session = str(tmp_path / "s")
+    reporter = EpochReporter(session, model_config(), trainer)
+    reporter.start_epoch(1, total_steps=2)
+    rate, seconds = MODEL["sample_rate"], MODEL["sample_length"]
+    for step in range(2):
+        model.set_data(
+            torch.randn(2, 1, int(rate * seconds)), torch.randn(2, 1, int(rate * seconds))
+        )
+        model.forward()
+        loss = model.compute_loss()
+        model.backward()
+        norm = model.optimizer_step(
+            reporter.gradient_inspector(first=step == 0), want_norm=reporter.wants_norm
+        )
+        assert norm is not None and norm > 0
+        reporter.step(step + 1, loss, norm, samples=2)
+    assert all(p.grad is None for p in model.model.parameters())  # cleared by the step
+    reporter.close(1)
+    (events,) = Path(session, "runs").rglob("*tfevents*")
+    acc = EventAccumulator(str(events), size_guidance={"histograms": 0, "scalars": 0}).Reload()
+    names = [n for n, _ in model.model.named_parameters()]
+    assert sorted(acc.Tags()["histograms"]) == sorted(f"grads/{n}" for n in names)
+    norms = [acc.Scalars(f"grad_norm/{n}")[0].value for n in names]
+    assert len(norms) == len(names) and max(norms) > 0
+    assert [e.step for e in acc.Scalars("grad_norm/total")] == [1, 2]
 
 
 def _tb_metrics(epoch: int) -> dict[str, float]:
@@ -272,6 +317,10 @@ def _tb_metrics(epoch: int) -> dict[str, float]:
         "val_si_sdr": 1.0,
         "val_si_sdr_mixture": -1.0,
         "val_si_sdri": 2.0,
+        "samples_per_s": 1.0,
+        "data_wait_share": 0.0,
+        "lr": 1e-3,
+        "best_epoch": epoch,
     }
 
 

@@ -11,6 +11,7 @@ so threads may share ``separate``.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -168,9 +169,11 @@ class SpectrogramMaskModel:
     def backward(self) -> None:
         self._state().backward(self.batch_loss)
 
-    def optimizer_step(self) -> float | None:
+    def optimizer_step(
+        self, inspect: Callable[[nn.Module], None] | None = None, want_norm: bool = False
+    ) -> float | None:
         """Clip (after unscaling), step, zero grads. Returns the pre-clip gradient norm."""
-        return self._state().optimizer_step()
+        return self._state().optimizer_step(inspect, want_norm)
 
     def scheduler_step(self, val_loss: float) -> bool:
         """Reduce the LR on plateau; return whether training should stop."""

@@ -31,8 +31,9 @@ class SeparateConfig:
     or the cluster" (see each field)."""
 
     model: str = option(
-        help="a training session folder (its best/ model) or a model folder; for several "
-        "stems in one pass, a folder of one per target or comma-separated ones",
+        help="a training session folder (its best/ model), a model folder or a name in the "
+        "model index; for several stems in one pass, a folder of one per target or "
+        "comma-separated ones",
         positional=True,
         metavar="session_or_model_url",
     )
@@ -85,6 +86,9 @@ class SeparateConfig:
         300.0,
         "seconds a read of one block may stall (a hung mount or object store) before that "
         "file fails as a timeout",
+    )
+    model_index: str | None = option(
+        None, "model index (JSON, any URL) that names models (default: $AURALFLOW_MODEL_INDEX)"
     )
     address: str | None = option(
         None, "Ray cluster address (default: RAY_ADDRESS, else a local Ray)"

@@ -41,6 +41,7 @@ import torch
 from auralflow_dist import allocator, observability, runtime, session, storage
 from auralflow_dist.attempts import MAX_ATTEMPTS, AttemptLog
 from auralflow_dist.errors import AudioError, ConfigError, StorageError
+from auralflow_dist.models import index
 from auralflow_dist.models.separator import Bundle, check_bundle
 from auralflow_dist.separate.config import SeparateConfig
 from auralflow_dist.separate.results import (
@@ -279,7 +280,7 @@ def run_separation(job: SeparateConfig, echo: Callable[[str], None] = print) -> 
     # The pool actors' working directory is not this process's.
     job = dataclasses.replace(
         job,
-        model=storage.absolute(job.model),
+        model=storage.absolute(index.resolve(job.model, job.model_index)),
         audio=storage.absolute(job.audio),
         save=storage.absolute(job.save),
     )

@@ -34,7 +34,7 @@ from auralflow_dist.config import ModelConfig, TrainerConfig, from_dict
 from auralflow_dist.data.pipeline import ChunkStats, get_or_create_epoch_clock, iter_batches
 from auralflow_dist.metrics import si_sdr
 from auralflow_dist.models.mask_model import SpectrogramMaskModel
-from auralflow_dist.session import BEST, save_network
+from auralflow_dist.session import BEST, WEIGHTS, load_tensors, save_network
 from auralflow_dist.train import state as ckpt_state
 from auralflow_dist.train.reporting import EpochReporter, tag
 
@@ -103,7 +103,12 @@ def _train_epoch(
             model.optimizer.zero_grad(set_to_none=True)
             break  # every rank learns of it at the all-reduce below
         model.backward()
-        grad_norm = model.optimizer_step()
+        if reporter is None:
+            grad_norm = model.optimizer_step()
+        else:
+            grad_norm = model.optimizer_step(
+                reporter.gradient_inspector(first=count == 0), want_norm=reporter.wants_norm
+            )
         loss_sum += loss
         count += 1
         samples += mixture.shape[0]
@@ -194,6 +199,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             group["lr"] = (
                 trainer.optim.lr_lstm if group["name"] == "recurrent" else trainer.optim.lr
             )
+    elif loop_config.get("init_weights"):
+        state = load_tensors(loop_config["init_weights"], WEIGHTS, map_location=device)
+        model.model.load_state_dict(state, strict=True)
     if world > 1:
         model.model = ray.train.torch.prepare_model(model.model, move_to_device=False)
     clock = get_or_create_epoch_clock(loop_config["clock"])

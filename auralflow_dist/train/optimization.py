@@ -7,6 +7,7 @@ decisions (LR reductions, the early stop) on every rank without communication.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -111,14 +112,19 @@ class TrainingState:
     def backward(self, loss: torch.Tensor) -> None:
         self.grad_scaler.scale(loss).backward()
 
-    def optimizer_step(self) -> float | None:
-        """Clip (after unscaling), step, zero grads. Returns the pre-clip gradient norm."""
+    def optimizer_step(
+        self, inspect: Callable[[nn.Module], None] | None = None, want_norm: bool = False
+    ) -> float | None:
+        """Clip (after unscaling), step, zero grads. Returns the pre-clip gradient norm, with
+        clipping or ``want_norm``; ``inspect`` sees the unscaled gradients before the step (the
+        only time they exist: the step sets them to None)."""
         norm = None
-        if self.optim.clip_grad:
+        if self.optim.clip_grad or want_norm or inspect is not None:
             self.grad_scaler.unscale_(self.optimizer)
-            norm = float(
-                nn.utils.clip_grad_norm_(self.network.parameters(), self.optim.max_grad_norm)
-            )
+            limit = self.optim.max_grad_norm if self.optim.clip_grad else float("inf")
+            norm = float(nn.utils.clip_grad_norm_(self.network.parameters(), limit))
+        if inspect is not None:
+            inspect(self.network)
         self.grad_scaler.step(self.optimizer)
         self.grad_scaler.update()
         self.optimizer.zero_grad(set_to_none=True)

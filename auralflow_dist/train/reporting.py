@@ -19,10 +19,12 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from auralflow_dist import storage, tables, visualize
 from auralflow_dist.config import ModelConfig, TrainerConfig
 from auralflow_dist.errors import AuralflowError
+from auralflow_dist.models import registry
 from auralflow_dist.models.mask_model import SpectrogramMaskModel
 from auralflow_dist.progress import eta
 from auralflow_dist.train.state import LoopState
@@ -102,9 +104,34 @@ class EpochReporter:
             tag=tag(self.model_config),
         )
 
+    @property
+    def wants_norm(self) -> bool:
+        """Whether each step's total gradient norm is logged (``--view-norm``)."""
+        return self.writer is not None and self.trainer.logging.view_norm
+
+    def gradient_inspector(self, first: bool) -> Callable[[nn.Module], None] | None:
+        """``--view-grad``'s histograms and ``--view-norm``'s per-layer gradient norms, of the
+        epoch's first step: the optimizer step clears the gradients, so they are read there."""
+        t = self.trainer.logging
+        if self.writer is None or not first or not (t.view_grad or t.view_norm):
+            return None
+        writer, epoch = self.writer, self.progress.epoch if self.progress else 0
+
+        def inspect(network: nn.Module) -> None:
+            for name, p in registry.unwrap(network).named_parameters():
+                if p.grad is None:
+                    continue
+                grad = p.grad.detach().float()
+                if t.view_grad:
+                    writer.add_histogram(f"grads/{name}", grad.cpu(), epoch)
+                if t.view_norm:
+                    writer.add_scalar(f"grad_norm/{name}", float(grad.norm()), epoch)
+
+        return inspect
+
     def step(self, global_step: int, loss: float, grad_norm: float | None, samples: int) -> None:
         line = self.progress.step(loss, samples) if self.progress else None
-        if line and not self.trainer.logging.silent:
+        if line:
             print(line, flush=True)
         if self.writer is None:
             return
@@ -122,6 +149,13 @@ class EpochReporter:
     ) -> None:
         """The epoch line and every extra; one that fails is a warning and skips no other."""
         self._print(metrics)
+        if not self.trainer.logging.silent:  # the seeds' checkpoint logging
+            best = metrics["best_epoch"] == metrics["epoch"]
+            print(
+                f"{tag(self.model_config)} epoch {metrics['epoch']}: checkpoint saved"
+                f"{'; best so far, exported to best/' if best else ''}",
+                flush=True,
+            )
         epoch = metrics["epoch"]
         image_epoch = epoch % self.trainer.logging.image_freq == 0 or epoch == 1
         _attempt(epoch, "history.csv and loss_curve.png", self._write_history, loop)
@@ -140,8 +174,6 @@ class EpochReporter:
             )
 
     def _print(self, m: dict[str, Any]) -> None:
-        if self.trainer.logging.silent:
-            return
         print(
             f"{tag(self.model_config)} epoch {m['epoch']:>3}/{self.trainer.optim.max_epochs}  "
             f"loss {m['train_loss']:.4f}  val {m['val_loss']:.4f}  "
@@ -202,14 +234,12 @@ class EpochReporter:
             )
             w.add_scalar("val/si_sdr", metrics["val_si_sdr"], epoch)
             w.add_scalar("val/si_sdri", metrics["val_si_sdri"], epoch)
-        params = list(model.model.named_parameters())
+        params = list(registry.unwrap(model.model).named_parameters())  # no DDP "module."
         for name, p in params:
             if t.view_weights:
                 w.add_histogram(f"weights/{name}", p.detach().float().cpu(), epoch)
             if t.view_norm:
                 w.add_scalar(f"weight_norm/{name}", float(p.detach().norm()), epoch)
-            if t.view_grad and p.grad is not None:
-                w.add_histogram(f"grads/{name}", p.grad.detach().float().cpu(), epoch)
         if example is not None and image_epoch:
             mixture, target, estimate, mix_mag, est_mag, _ = example
             rate = self.model_config.sample_rate

@@ -67,9 +67,12 @@ def _train_target(
     trainer: TrainerConfig,
     resume: bool,
     s3: storage.S3Settings,
+    init_weights: str | None,
 ) -> TrainResult:
     storage.configure(s3)
-    return train(session, dataset_url, model_config, trainer, resume=resume)
+    return train(
+        session, dataset_url, model_config, trainer, resume=resume, init_weights=init_weights
+    )
 
 
 def train_targets(
@@ -80,6 +83,7 @@ def train_targets(
     targets: Sequence[str],
     resume: bool = False,
     echo: Callable[[str], None] = print,
+    init_weights: str | None = None,
 ) -> list[TargetOutcome]:
     """Train one model per target into ``session/<target>/``, all at once; see the module doc."""
     session, dataset_url = storage.absolute(session), storage.absolute(dataset_url)
@@ -94,7 +98,13 @@ def train_targets(
             echo(f"[train {target}] failed: {outcome.error}")
             continue
         ref = _train_target.remote(
-            outcome.session, dataset_url, config, trainer, resume, storage.current_settings()
+            outcome.session,
+            dataset_url,
+            config,
+            trainer,
+            resume,
+            storage.current_settings(),
+            init_weights,
         )
         running[ref] = target
     echo(f"[train] {len(targets)} target(s) side by side: {', '.join(targets)}")

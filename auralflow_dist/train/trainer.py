@@ -27,7 +27,15 @@ from auralflow_dist.config import ModelConfig, TrainerConfig, to_dict
 from auralflow_dist.data import pipeline
 from auralflow_dist.data.manifest import load_manifest
 from auralflow_dist.errors import AuralflowError, ConfigError
-from auralflow_dist.session import BEST, write_trainer_config
+from auralflow_dist.models.registry import build_network
+from auralflow_dist.session import (
+    BEST,
+    WEIGHTS,
+    bundle_dirs,
+    load_tensors,
+    read_model_config,
+    write_trainer_config,
+)
 from auralflow_dist.train import memory
 from auralflow_dist.train.loop import STATUS_FILE, train_loop_per_worker
 
@@ -175,11 +183,14 @@ def train(
     resume: bool = False,
     metrics_port: int | None = None,
     pushgateway: str | None = None,
+    init_weights: str | None = None,
 ) -> TrainResult:
     """Train ``model_config`` on ``dataset_url`` (a dataset root or a manifest) into ``session``.
 
     With ``metrics_port`` the driver serves the per-epoch metrics on ``/metrics``; with
-    ``pushgateway`` it pushes them there after every epoch.
+    ``pushgateway`` it pushes them there after every epoch. ``init_weights`` (a model, session
+    or bundle folder: `init_weights_dir`) fine-tunes: a run with no checkpoint of its own yet
+    starts from its weights, with a fresh optimizer, at epoch 1.
     """
     data, workers = trainer.data, trainer.cluster.workers_max
     per_epoch = data.max_samples // workers
@@ -192,6 +203,7 @@ def train(
         )
     # Before any Ray work: a worker that cannot fit is refused in a line, not killed in minutes.
     peak = memory.check(model_config, trainer)
+    init_weights = init_weights_dir(init_weights, model_config) if init_weights else None
     table = load_manifest(dataset_url)
     write_trainer_config(session, trainer)
     run = _run_name(session, resume)
@@ -202,9 +214,13 @@ def train(
         observability.serve(metrics_port)
     if metrics_port is not None or pushgateway:
         with EpochMetricsExporter(session, pushgateway):
-            result = run_training(session, run, table, model_config, trainer, peak=peak)
+            result = run_training(
+                session, run, table, model_config, trainer, peak=peak, init_weights=init_weights
+            )
     else:
-        result = run_training(session, run, table, model_config, trainer, peak=peak)
+        result = run_training(
+            session, run, table, model_config, trainer, peak=peak, init_weights=init_weights
+        )
     metrics = dict(result.metrics or {})
     status = json.loads(storage.read_bytes(status_url)) if storage.exists(status_url) else {}
     if status.get("state") == "diverged":
@@ -225,6 +241,31 @@ def train(
     )
 
 
+def init_weights_dir(url: str, model_config: ModelConfig) -> str:
+    """The model folder under ``url`` to fine-tune ``model_config`` from, checked to fit.
+
+    ``url`` is a model or session (any target: Open-Unmix fine-tunes one stem's model into
+    another), or a bundle, whose member of the same target is taken.
+    """
+    dirs = bundle_dirs(url)
+    if len(dirs) > 1:
+        same = [d for d in dirs if read_model_config(d).target == model_config.target]
+        if not same:
+            raise ConfigError("init_from", f"{url} holds no {model_config.target} model")
+        dirs = same
+    source = dirs[0]
+    network = build_network(model_config)
+    try:
+        network.load_state_dict(load_tensors(source, WEIGHTS), strict=True)
+    except RuntimeError as err:
+        raise ConfigError(
+            "init_from",
+            f"the weights in {source} do not fit this session's model.json (another network "
+            f"or size: {str(err).splitlines()[0][:200]})",
+        ) from None
+    return source
+
+
 def run_training(
     session: str,
     run: str,
@@ -234,11 +275,13 @@ def run_training(
     callbacks: Sequence[Any] = (),
     init_from: str | None = None,
     peak: memory.MemoryEstimate | None = None,
+    init_weights: str | None = None,
 ) -> ray.train.Result:
     """Fit one ``TorchTrainer`` run; shared by ``train`` and by every Tune trial.
 
     ``init_from`` is a checkpoint directory URL to start from when the run has none of its own
-    yet (PBT hands a better trial's checkpoint over this way); ``peak``, the memory estimate
+    yet (PBT hands a better trial's checkpoint over this way); ``init_weights``, a model folder
+    whose weights alone start such a run (`train`'s fine-tuning); ``peak``, the memory estimate
     for the start line.
     """
     session = storage.absolute(session)
@@ -258,6 +301,7 @@ def run_training(
         "session": session,
         "clock": clock_name,
         "init_from": init_from,
+        "init_weights": storage.absolute(init_weights) if init_weights else None,
         "memory": str(peak) if peak else None,
     }
     run_config = make_run_config(session, run, trainer)

@@ -572,6 +572,12 @@ class EvalConfig:
     )
     padding: int = option(DEFAULT_PADDING, "overlap between windows (samples)")
     batch_size: int = option(DEFAULT_BATCH_SIZE, "windows per forward pass")
+    use_amp: bool = option(
+        False,
+        "mixed precision: bf16 where the device has it, else fp16 (the LSTM layers stay "
+        "float32 on CPUs)",
+        switch=True,
+    )
     max_tracks: int | None = option(None, "score the first MAX_TRACKS test tracks (default: all)")
     wiener: int = option(
         0,

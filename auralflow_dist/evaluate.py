@@ -124,10 +124,11 @@ class TrackScorer:
         batch_size: int,
         log: AttemptLog,
         crashes: dict[str, int],
+        use_amp: bool,
     ) -> None:
         storage.configure(s3)
         device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.bundle = Bundle.from_checkpoints(model_url, device=device, wiener=wiener)
+        self.bundle = Bundle.from_checkpoints(model_url, device, use_amp, wiener)
         self.bsseval = bsseval
         self.padding, self.batch_size = padding, batch_size
         self.log, self.crashes = log, crashes
@@ -214,6 +215,7 @@ def evaluate(config: EvalConfig) -> tuple[str, list[dict[str, Any]]]:
             "batch_size": config.batch_size,
             "log": log,
             "crashes": _crashes(os.environ.get(CRASH_ENV, "")),
+            "use_amp": config.use_amp,
         },
     )
     try:

@@ -15,7 +15,8 @@ action:
 - deprecation warnings raised inside Ray (a warning line and its source line);
 - "Note:" lines of mpg123, libsndfile's MP3 decoder, on frames it resynchronises over;
 - the raylet's warning that more worker processes started than it expected (routine on a
-  machine of few cores: Ray Data's and Train's actors);
+  machine of few cores: Ray Data's and Train's actors), and its note that a task to an actor
+  being restarted will be retried (the job says which file it retries);
 - everything from `QUIET_ACTORS`, the cleaner's shutdown traceback included;
 - in the driver itself: Ray's note that token authentication is on (at every local start), and
   the core worker's E-level notice that an actor has constructor arguments in the object store,
@@ -57,6 +58,7 @@ NOISE = re.compile(
             r"\[Gloo\] Rank \d+ is connected to",
             r"PYTHON worker processes have been started on node",
             r"Token authentication is enabled for this Ray cluster",
+            r"submit failed\. There are infinite retries remaining, so the task will be retried",
             r"^Note: ",
         ]
     )

@@ -203,7 +203,7 @@ def test_every_command_takes_its_defaults_from_the_dataclass():
         (["config"], ["--hidden-channels", "--num-hidden-channels", "{SpectrogramNetSimple,"]),
         (["tune"], ["--scheduler {asha,pbt,fifo}", "(default: 4)", "sweep", "dataset"]),
         (["test"], ["--padding PADDING", "(default: 200)", "--bsseval"]),
-        (["separate"], ["--save SAVE", "session_or_model_url", "--format {wav,flac}"]),
+        (["separate"], ["--save SAVE", "session_or_model_url", "--format {wav,flac,mp3,ogg,opus}"]),
     ],
 )
 def test_help_shows_the_dataclass_flags(capsys, argv, shown):

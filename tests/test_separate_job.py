@@ -134,7 +134,7 @@ def test_sources_skip_outputs_inside_the_input_folder(tmp_path: Path) -> None:
     ("change", "field"),
     [
         ({"padding": -1}, "padding"),
-        ({"format": "mp3"}, "format"),
+        ({"format": "aiff"}, "format"),
         ({"format": "flac", "subtype": "float"}, "subtype"),
         ({"duration": 0}, "duration"),
         ({"workers": 0}, "workers"),

@@ -70,6 +70,8 @@ RAY_CHATTER = [
     "Note: Trying to resync...",
     "2026-12-01 18:40:40,165\tWARNING authentication_token_setup.py:85 -- Token authentication "
     "is enabled for this Ray cluster. Set RAY_AUTH_MODE=disabled to opt out.",
+    "Task MapWorker(MapBatches(FileSeparator)).submit failed. There are infinite retries "
+    "remaining, so the task will be retried. Error: The actor is temporarily unavailable",
     "[Gloo] Rank 0 is connected to 0 peer ranks. Expected number of connected peer ranks is : 0",
     "WARNING: 8 PYTHON worker processes have been started on node: 8f8a97 with address: "
     "192.0.2.2, which is 4x the maximum expected startup concurrency (2).",

@@ -7,6 +7,8 @@ the same ones; both then call `run_separation` with the config `from_args` build
 from __future__ import annotations
 
 import argparse
+import posixpath
+import string
 from dataclasses import dataclass
 
 import soundfile as sf
@@ -21,7 +23,23 @@ from auralflow_dist.config import (
 )
 from auralflow_dist.errors import ConfigError
 
-FORMATS = {"wav": "WAV", "flac": "FLAC"}
+# --format: libsndfile's container and the default sample format. libsndfile in the soundfile
+# wheel encodes MP3 (LAME), Vorbis and Opus; Opus runs at 48 kHz only.
+FORMATS = {
+    "wav": ("WAV", "PCM_16"),
+    "flac": ("FLAC", "PCM_16"),
+    "mp3": ("MP3", "MPEG_LAYER_III"),
+    "ogg": ("OGG", "VORBIS"),
+    "opus": ("OGG", "OPUS"),
+}
+LOSSY = ("mp3", "ogg", "opus")
+OPUS_RATE = 48000
+# MP3's bitrate range (kbps) by sample rate: MPEG-1 from 32 kHz, MPEG-2 from 16 kHz, MPEG-2.5.
+MP3_KBPS = ((32000, (32, 320)), (16000, (8, 160)), (0, (8, 64)))
+OPUS_KBPS_PER_CHANNEL = (6, 256)  # libsndfile's range: compression level 1 -> 0
+CLIP_MODES = ("rescale", "clamp", "none")
+DEFAULT_FILENAME = "{track}/{stem}.{ext}"
+FILENAME_FIELDS = ("track", "name", "stem", "ext")
 MIN_RATE, MAX_RATE = 8000, 384000  # output rates (Hz) --sr accepts
 
 
@@ -43,7 +61,7 @@ class SeparateConfig:
         positional=True,
         metavar="audio_url",
     )
-    save: str = option(help="output folder: <save>/<track>/<target>.wav, plus _results.csv")
+    save: str = option(help="output folder: <save>/<track>/<target>.<format>, plus _results.csv")
     residual: bool = option(
         False,
         "also save residual.wav (the mixture minus every target; with --wiener, one more "
@@ -74,9 +92,34 @@ class SeparateConfig:
         None, "CPUs (and torch threads) per replica (default: shared out)"
     )
     batch_size: int = option(DEFAULT_BATCH_SIZE, "windows per forward pass")
-    format: str = option("wav", "output format", choices=tuple(FORMATS))
+    use_amp: bool = option(
+        False,
+        "mixed precision: bf16 where the device has it, else fp16 (the LSTM layers stay "
+        "float32 on CPUs)",
+        switch=True,
+    )
+    format: str = option(
+        "wav", "output format (opus: always 48 kHz, resampled)", choices=tuple(FORMATS)
+    )
     subtype: str | None = option(
-        None, "output sample format, e.g. PCM_16, PCM_24, FLOAT (default: PCM_16)"
+        None, "wav/flac sample format, e.g. PCM_16, PCM_24, FLOAT (default: PCM_16)"
+    )
+    bitrate: int | None = option(
+        None, "mp3: constant bitrate in kbps (within the rate's MPEG range); opus: target kbps"
+    )
+    quality: float | None = option(
+        None, "mp3/ogg/opus variable-bitrate quality, 0 (smallest) to 10 (best)"
+    )
+    filename: str = option(
+        DEFAULT_FILENAME,
+        "where each stem goes under --save: {track} (the input's path under the input URL, "
+        "without extension), {name} (its file name, without extension), {stem}, {ext}",
+    )
+    clip_mode: str = option(
+        "rescale",
+        "peaks beyond +-1: rescale the stem by 1/peak (the gain goes in _results), clamp "
+        "them, or none (float and lossy outputs only)",
+        choices=CLIP_MODES,
     )
     overwrite: bool = option(
         False, "redo tracks already separated (default: skip them)", switch=True
@@ -127,11 +170,15 @@ class SeparateConfig:
             raise ConfigError("format", f"must be one of {', '.join(FORMATS)}, not {self.format!r}")
         if self.subtype is not None:
             self.subtype = self.subtype.upper()
-            if not sf.check_format(FORMATS[self.format], self.subtype):
-                choices = ", ".join(sf.available_subtypes(FORMATS[self.format]))
+            if self.format in LOSSY and self.subtype != FORMATS[self.format][1]:
+                raise ConfigError("subtype", f"{self.format} has no sample format to choose")
+            if not sf.check_format(self.file_format, self.subtype):
+                choices = ", ".join(sf.available_subtypes(self.file_format))
                 raise ConfigError(
                     "subtype", f"{self.format} cannot hold {self.subtype} (choose from {choices})"
                 )
+        self._check_encoding()
+        self._check_filename()
         if not self.block_seconds > 0:
             raise ConfigError("block_seconds", f"must be positive, not {self.block_seconds}")
         if not 0 < self.read_timeout < float("inf"):
@@ -140,17 +187,101 @@ class SeparateConfig:
             raise ConfigError("metrics_port", f"must be in 1..65535, not {self.metrics_port}")
         return self
 
+    def _check_encoding(self) -> None:
+        if self.bitrate is not None and self.quality is not None:
+            raise ConfigError("bitrate", "give --bitrate or --quality, not both")
+        if self.bitrate is not None:
+            if self.format not in ("mp3", "opus"):
+                raise ConfigError("bitrate", f"--bitrate is for mp3 and opus, not {self.format}")
+            if self.format == "mp3" and not 8 <= self.bitrate <= 320:
+                raise ConfigError("bitrate", f"mp3 takes 8..320 kbps, not {self.bitrate}")
+            if self.format == "opus" and not 6 <= self.bitrate <= 512:
+                raise ConfigError("bitrate", f"opus takes 6..512 kbps, not {self.bitrate}")
+        if self.quality is not None:
+            if self.format not in LOSSY:
+                raise ConfigError("quality", f"--quality is for {', '.join(LOSSY)}")
+            if not 0 <= self.quality <= 10:
+                raise ConfigError("quality", f"goes from 0 to 10, not {self.quality}")
+        if self.format == "opus" and self.sr not in (None, OPUS_RATE):
+            raise ConfigError("sr", f"Opus runs at {OPUS_RATE} Hz only, not {self.sr}")
+        if self.clip_mode not in CLIP_MODES:
+            raise ConfigError(
+                "clip_mode", f"must be rescale, clamp or none, not {self.clip_mode!r}"
+            )
+        subtype = self.file_subtype
+        if (
+            self.clip_mode == "none"
+            and self.format not in LOSSY
+            and subtype not in ("FLOAT", "DOUBLE")
+        ):
+            raise ConfigError(
+                "clip_mode",
+                f"none: {subtype} cannot hold samples beyond +-1 (use --subtype FLOAT, or "
+                "rescale or clamp)",
+            )
+
+    def _check_filename(self) -> None:
+        try:
+            fields = {f for _, f, _, _ in string.Formatter().parse(self.filename) if f is not None}
+        except ValueError as err:
+            raise ConfigError("filename", f"{self.filename!r} is not a template ({err})") from None
+        unknown = fields - set(FILENAME_FIELDS)
+        if unknown:
+            known = ", ".join("{" + f + "}" for f in FILENAME_FIELDS)
+            raise ConfigError("filename", f"unknown field(s) {sorted(unknown)}: use {known}")
+        if "stem" not in fields:
+            raise ConfigError("filename", "must hold {stem}: every stem needs its own file")
+        if not fields & {"track", "name"}:
+            raise ConfigError("filename", "must hold {track} or {name}: every input needs its own")
+        sample = self.output_path("a/b", "c", "vocals")  # a path like any other
+        if self.filename.startswith("/") or ".." in sample.split("/"):
+            raise ConfigError("filename", f"{self.filename!r} leaves --save")
+
+    def output_path(self, track: str, name: str, stem: str) -> str:
+        """A stem's path under --save (``--filename`` filled in)."""
+        path = self.filename.format(track=track, name=name, stem=stem, ext=self.format)
+        return posixpath.normpath(path)
+
+    def output_rate(self, input_rate: int) -> int:
+        """The stems' sample rate for an input of ``input_rate``."""
+        if self.format == "opus":
+            return OPUS_RATE
+        return self.sr or input_rate
+
+    def encoder_options(self, channels: int, sample_rate: int) -> tuple[dict[str, object], str]:
+        """soundfile's ``compression_level``/``bitrate_mode`` for --bitrate and --quality, and a
+        note where the codec cannot do what was asked (an MP3 bitrate its rate lacks).
+
+        libsndfile maps a compression level in [0, 1] linearly onto each codec's bitrate range
+        (MP3: `MP3_KBPS` at the rate, snapped to MPEG's rates; Opus: 256 -> 6 kbps per channel)
+        or its quality (Vorbis); measured with this wheel's libsndfile 1.2.2.
+        """
+        if self.bitrate is not None and self.format == "mp3":
+            low, high = next(kbps for rate, kbps in MP3_KBPS if sample_rate >= rate)
+            kbps = min(max(self.bitrate, low), high)
+            note = "" if kbps == self.bitrate else f"mp3 at {sample_rate} Hz: {kbps} kbps"
+            level = (high - kbps) / (high - low)
+            return {"compression_level": level, "bitrate_mode": "CONSTANT"}, note
+        if self.bitrate is not None:  # opus
+            low, high = OPUS_KBPS_PER_CHANNEL
+            per_channel = min(max(self.bitrate / channels, low), high)
+            return {"compression_level": (high - per_channel) / (high - low)}, ""
+        if self.quality is not None:
+            # MP3 refuses level 1.0 (its lowest rate) in libsndfile 1.2.2.
+            return {"compression_level": min(1 - self.quality / 10, 0.99)}, ""
+        return {}, ""
+
     @property
     def wiener_filter(self) -> WienerConfig:
         return WienerConfig(self.wiener, self.softmask, self.residual)
 
     @property
     def file_format(self) -> str:
-        return FORMATS[self.format]
+        return FORMATS[self.format][0]
 
     @property
     def file_subtype(self) -> str:
-        return self.subtype or sf.default_subtype(self.file_format)
+        return self.subtype or FORMATS[self.format][1]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -52,7 +52,7 @@ from auralflow_dist.separate.results import (
     merge_columns,
 )
 from auralflow_dist.separate.sources import JOB_NAME, Source, list_sources
-from auralflow_dist.separate.track import TrackSeparator, fingerprint
+from auralflow_dist.separate.track import TrackSeparator, check_output_paths, fingerprint
 
 # Test hook: the worker exits (a real crash) the first time it is handed a file of this name.
 CRASH_ONCE_ENV = "AURALFLOW_SEPARATE_CRASH_ONCE"
@@ -111,7 +111,9 @@ class FileSeparator:
     ) -> None:
         storage.configure(s3)
         torch.set_num_threads(threads)
-        bundle = Bundle.from_checkpoints(",".join(model_dirs), wiener=job.wiener_filter)
+        bundle = Bundle.from_checkpoints(
+            ",".join(model_dirs), use_amp=job.use_amp, wiener=job.wiener_filter
+        )
         self.separate = TrackSeparator(bundle, job, model_key, run_id)
         self.log = AttemptLog(job.save, run_id)
         self.at_once, self.crash_once = at_once, crash_once
@@ -295,6 +297,8 @@ def run_separation(job: SeparateConfig, echo: Callable[[str], None] = print) -> 
     sources = list_sources(job.audio, exclude=job.save)
     if not sources:
         raise AudioError(f"{storage.mask_url(job.audio)}: no .wav, .flac, .ogg or .mp3 files")
+    stems = [c.target for c in configs] + (["residual"] if job.residual else [])
+    check_output_paths(job, sources, stems)
     run_id = uuid.uuid4().hex
     # Provenance, written first: an output location that cannot be written fails here, not
     # after every file has been separated.

@@ -48,6 +48,8 @@ class FileResult:
     channels: int = 0
     output_sample_rate: int = 0
     outputs: str = ""  # JSON: stem name (every target, then residual) -> URL
+    gains: str = ""  # JSON: stem name -> the gain --clip-mode rescale applied (1.0: none)
+    note: str = ""  # what was done that the flags did not say (Opus's resampling)
     trimmed: bool = False  # --duration cut the file short
     attempts: int = 1  # times started: > 1 when a worker died during it and it was retried
 

@@ -22,6 +22,7 @@ import errno
 import json
 import math
 import os
+import posixpath
 import queue
 import tempfile
 import threading
@@ -37,11 +38,11 @@ import torch
 from auralflow_dist import audio, scratch, storage
 from auralflow_dist.audio.engine import SeparationEngine
 from auralflow_dist.audio.io import GuardedFile, open_audio, promised_frames
-from auralflow_dist.errors import AudioError, AuralflowError, StorageError
+from auralflow_dist.errors import AudioError, AuralflowError, ConfigError, StorageError
 from auralflow_dist.models.separator import Bundle
 from auralflow_dist.separate.config import SeparateConfig
 from auralflow_dist.separate.results import FAILED, OK, SKIPPED, FileResult
-from auralflow_dist.separate.sources import Source
+from auralflow_dist.separate.sources import JOB_FILES, Source
 
 DONE_NAME = "_done.json"
 _FLOAT_SUBTYPES = ("FLOAT", "DOUBLE")
@@ -212,11 +213,13 @@ class _Spool:
         with _writing(self.where):  # the last bytes buffered
             self.file.close()
 
-    def encode(self, url: str, sample_rate: int, fmt: str, subtype: str) -> float:
-        """Write the spooled audio to ``url``; returns the gain applied (1.0: untouched)."""
-        gain = 1.0
-        if self.peak > 1.0 and subtype not in _FLOAT_SUBTYPES:
-            gain = 1.0 / self.peak
+    def encode(self, url: str, sample_rate: int, job: SeparateConfig) -> float:
+        """Write the spooled audio to ``url`` as ``job`` says; returns the gain applied (1.0:
+        untouched). Peaks beyond +-1 are rescaled, clamped or kept (``--clip-mode``)."""
+        gain, clamp = 1.0, False
+        if self.peak > 1.0 and job.file_subtype not in _FLOAT_SUBTYPES:
+            gain = 1.0 / self.peak if job.clip_mode == "rescale" else 1.0
+            clamp = job.clip_mode == "clamp"
         frame_bytes = 4 * self.channels
         with (
             _writing(storage.mask_url(url)),
@@ -229,15 +232,45 @@ class _Spool:
                 "w",
                 samplerate=sample_rate,
                 channels=self.channels,
-                format=fmt,
-                subtype=subtype,
+                format=job.file_format,
+                subtype=job.file_subtype,
+                **job.encoder_options(self.channels, sample_rate)[0],
             ) as snd:
                 while chunk := spool.read(_ENCODE_FRAMES * frame_bytes):
                     frames = np.frombuffer(chunk, dtype=np.float32).reshape(-1, self.channels)
-                    snd.write(frames * np.float32(gain) if gain != 1.0 else frames)
+                    if gain != 1.0:
+                        frames = frames * np.float32(gain)
+                    if clamp:
+                        frames = np.clip(frames, -1.0, 1.0)
+                    snd.write(frames)
                     guarded.check()
             guarded.check()
         return gain
+
+
+def output_paths(job: SeparateConfig, source: Source, stems: list[str]) -> list[str]:
+    """Each stem's path under --save for ``source``."""
+    name = posixpath.splitext(posixpath.basename(source.url.rstrip("/")))[0]
+    return [job.output_path(source.track, name, stem) for stem in stems]
+
+
+def check_output_paths(job: SeparateConfig, sources: list[Source], stems: list[str]) -> None:
+    """Refuse a --filename under which two outputs, or an output and a job file, would share a
+    path: checked for every input before any is separated."""
+    seen: dict[str, str] = {}
+    reserved = {f.casefold() for f in JOB_FILES}
+    for source in sources:
+        for path in output_paths(job, source, stems):
+            key = path.casefold()
+            if key in reserved or posixpath.basename(key) == DONE_NAME:
+                raise ConfigError("filename", f"{job.filename!r} names a job file: {path}")
+            if key in seen:
+                raise ConfigError(
+                    "filename",
+                    f"{job.filename!r} gives {path} to both {storage.mask_url(seen[key])} and "
+                    f"{storage.mask_url(source.url)} (add {{track}})",
+                )
+            seen[key] = source.url
 
 
 class TrackSeparator:
@@ -257,14 +290,19 @@ class TrackSeparator:
             "sr": job.sr,
             "padding": job.padding,
             "format": job.format,
+            "filename": job.filename,
             "subtype": job.file_subtype,
+            "bitrate": job.bitrate,
+            "quality": job.quality,
+            "clip_mode": job.clip_mode,
         }
 
     def __call__(self, source: Source) -> FileResult:
         start = time.monotonic()
-        folder = storage.join(self.job.save, source.track)
-        outputs = [storage.join(folder, f"{stem}.{self.job.format}") for stem in self.stems]
-        marker = storage.join(folder, DONE_NAME)
+        outputs = [
+            storage.join(self.job.save, p) for p in output_paths(self.job, source, self.stems)
+        ]
+        marker = storage.join(self.job.save, source.track, DONE_NAME)
         result = FileResult(input_url=source.url, track=source.track)
         try:
             key = _bounded(lambda: fingerprint(source.url), self.job.read_timeout, source.url)
@@ -325,7 +363,11 @@ class TrackSeparator:
             raise AudioError(f"{storage.mask_url(url)}: contains no audio frames")
         rate, channels = header.sample_rate, header.channels
         limit = None if job.duration is None else round(job.duration * rate)
-        out_rate = job.sr or rate
+        out_rate = job.output_rate(rate)
+        notes = [job.encoder_options(channels, out_rate)[1]]
+        if job.format == "opus" and rate != out_rate:
+            notes.append(f"resampled to {out_rate} Hz for Opus")
+        result.note = "; ".join(n for n in notes if n)
         result.sample_rate, result.channels, result.output_sample_rate = rate, channels, out_rate
         result.trimmed = limit is not None and limit < header.frames
         # At least one batch of windows per block, so the model always sees full batches.
@@ -346,8 +388,11 @@ class TrackSeparator:
             if frames == 0:
                 raise AudioError(f"{storage.mask_url(url)}: contains no audio frames")
             result.duration_s = frames / rate
-            for spool, out in zip(stems, outputs, strict=True):
-                spool.encode(out, out_rate, job.file_format, job.file_subtype)
+            gains = {
+                stem: spool.encode(out, out_rate, job)
+                for stem, spool, out in zip(self.stems, stems, outputs, strict=True)
+            }
+            result.gains = json.dumps(gains)
 
     def _run(self, stream: SeparationEngine, reader: _Prefetch, stems: list[_Spool]) -> int:
         """Feed decoded blocks through the stream into the spools; returns frames read."""

@@ -188,6 +188,14 @@ def _cmd_download(args: argparse.Namespace) -> None:
     )
 
 
+def _cmd_export(args: argparse.Namespace) -> None:
+    from auralflow_dist.export import export
+    from auralflow_dist.models import index
+
+    for folder in export(index.resolve(args.model, args.model_index), args.format, args.save):
+        print(f"exported to {folder} (checked against the network at two lengths)")
+
+
 def _cmd_index(args: argparse.Namespace) -> None:
     from auralflow_dist.models.index import add_to_index
 
@@ -303,6 +311,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--model-index", "--model_index", dest="model_index", default=None,
                    help="the model index's URL (default: $AURALFLOW_MODEL_INDEX)")  # fmt: skip
     p.set_defaults(func=_cmd_download)
+
+    p = sub.add_parser("export", help="a trained network as TorchScript or ONNX, with its STFT")
+    p.add_argument("model", help="a model, session or bundle URL, or a name in the model index")
+    p.add_argument("--format", choices=("torchscript", "onnx"), required=True)
+    p.add_argument("--save", required=True, help="output folder (a bundle: one per target)")
+    p.add_argument("--model-index", "--model_index", dest="model_index", default=None,
+                   help="the model index's URL (default: $AURALFLOW_MODEL_INDEX)")  # fmt: skip
+    p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("index", help="add a model or bundle to a model index, with its checksums")
     p.add_argument("model", help="a model, session or bundle folder (any URL)")

@@ -159,7 +159,9 @@ GOOD = {  # name: (seconds, rate, channels, format, subtype)
     "eight_bit.wav": (1.0, 22050, 1, "WAV", "PCM_U8"),
     "song/mixture.ogg": (1.5, 44100, 2, "OGG", "VORBIS"),
     "clip.mp3": (1.2, 44100, 2, "MP3", "MPEG_LAYER_III"),
+    "voice.aiff": (1.0, RATE, 1, "AIFF", "PCM_16"),
 }
+NOT_AUDIO = ("cover.jpg", "notes.txt")  # listed as not separated, never opened
 BAD = {  # name: part of the one-line error
     "empty.wav": "is empty (0 bytes)",
     "zero_frames.wav": "contains no audio frames",
@@ -183,6 +185,8 @@ def write_inputs(root: str) -> None:
     nan = noise(1.0, RATE, 1)
     nan[12000] = np.nan
     put(storage.join(root, "nan.wav"), nan, RATE, "WAV", "FLOAT")
+    for name in NOT_AUDIO:
+        storage.write_bytes(storage.join(root, name), b"not audio")
 
 
 def check_outputs(bundle_url: str, inputs: str, summary, residual: bool) -> None:
@@ -258,6 +262,9 @@ def test_job_separates_good_files_reports_bad_ones_and_resumes(
         assert message in rows[name].error and name in rows[name].error
         assert "\n" not in rows[name].error
     assert rows["stereo.wav"].attempts == (2 if local else 1)
+    assert first.not_audio == len(NOT_AUDIO)
+    for name in NOT_AUDIO:
+        assert rows[name].status == "skipped" and "is not among --extensions" in rows[name].note
     table = pq.read_table(io.BytesIO(storage.read_bytes(first.results_url))).to_pylist()
     assert sorted(r["input_url"] for r in table) == sorted(r.input_url for r in first.results)
     assert storage.exists(first.results_csv_url)

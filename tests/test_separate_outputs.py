@@ -22,7 +22,7 @@ from auralflow_dist.errors import ConfigError
 from auralflow_dist.metrics import si_sdr
 from auralflow_dist.models.separator import Bundle, Separator
 from auralflow_dist.separate import SeparateConfig, from_args
-from auralflow_dist.separate.sources import Source
+from auralflow_dist.separate.sources import Source, list_inputs
 from auralflow_dist.separate.track import TrackSeparator, check_output_paths
 from tests.test_separate_job import RATE, noise, tiny_model
 
@@ -167,3 +167,20 @@ def test_an_mp3_bitrate_the_sample_rate_lacks_is_the_nearest_and_the_row_says_so
     result = _separate(tmp_path, noise(2.0, RATE, 1), format="mp3", bitrate=192)
     assert result.note == "mp3 at 16000 Hz: 160 kbps"  # MPEG-2's highest at 16 kHz
     assert Path(result.output("vocals")).stat().st_size * 8 / 2.0 / 1000 > 120
+
+
+def test_files_without_a_taken_extension_are_reported_and_extensions_widen_or_narrow(
+    tmp_path: Path,
+) -> None:
+    for name in ("a.wav", "b.aiff", "c.caf"):
+        sf.write(tmp_path / name, noise(0.2, RATE, 1), RATE)
+    (tmp_path / "notes.txt").write_text("liner notes")
+    sources, others = list_inputs(str(tmp_path))
+    assert [s.track for s in sources] == ["a", "b"]  # CAF is readable but not taken by default
+    assert [Path(u).name for u in others] == ["c.caf", "notes.txt"]
+    sources, others = list_inputs(str(tmp_path), extensions=("wav", "caf"))
+    assert [s.track for s in sources] == ["a", "c"]
+    job = SeparateConfig(model="m", audio="a", save="s", extensions=" WAV, .caf ").validate()
+    assert job.extension_set == ("wav", "caf")
+    with pytest.raises(ConfigError, match="m4a: choose among"):
+        SeparateConfig(model="m", audio="a", save="s", extensions="wav,m4a").validate()

@@ -38,6 +38,10 @@ OPUS_RATE = 48000
 MP3_KBPS = ((32000, (32, 320)), (16000, (8, 160)), (0, (8, 64)))
 OPUS_KBPS_PER_CHANNEL = (6, 256)  # libsndfile's range: compression level 1 -> 0
 CLIP_MODES = ("rescale", "clamp", "none")
+# Input extensions libsndfile in the soundfile wheel decodes, and the default set of them.
+READABLE_EXTENSIONS = ("wav", "flac", "ogg", "oga", "opus", "mp3", "aiff", "aif", "aifc", "caf",
+                       "w64", "au", "snd")  # fmt: skip
+DEFAULT_EXTENSIONS = ("wav", "flac", "ogg", "oga", "opus", "mp3", "aiff", "aif")
 DEFAULT_FILENAME = "{track}/{stem}.{ext}"
 FILENAME_FIELDS = ("track", "name", "stem", "ext")
 MIN_RATE, MAX_RATE = 8000, 384000  # output rates (Hz) --sr accepts
@@ -56,12 +60,17 @@ class SeparateConfig:
         metavar="session_or_model_url",
     )
     audio: str = option(
-        help="an audio file, a folder or a bucket prefix (searched recursively "
-        "for .wav, .flac, .ogg, .mp3)",
+        help="an audio file, a folder or a bucket prefix (searched recursively for --extensions)",
         positional=True,
         metavar="audio_url",
     )
     save: str = option(help="output folder: <save>/<track>/<target>.<format>, plus _results.csv")
+    extensions: str = option(
+        ",".join(DEFAULT_EXTENSIONS),
+        f"comma-separated input extensions to separate (libsndfile reads "
+        f"{', '.join(READABLE_EXTENSIONS)}); other files under the input are listed in "
+        "_results as not separated",
+    )
     residual: bool = option(
         False,
         "also save residual.wav (the mixture minus every target; with --wiener, one more "
@@ -179,6 +188,14 @@ class SeparateConfig:
                 )
         self._check_encoding()
         self._check_filename()
+        unreadable = [e for e in self.extension_set if e not in READABLE_EXTENSIONS]
+        if unreadable or not self.extension_set:
+            raise ConfigError(
+                "extensions",
+                f"{', '.join(unreadable) or 'none given'}: choose among "
+                f"{', '.join(READABLE_EXTENSIONS)} (m4a, aac and wma need ffmpeg decoding, "
+                "which separate does not do yet)",
+            )
         if not self.block_seconds > 0:
             raise ConfigError("block_seconds", f"must be positive, not {self.block_seconds}")
         if not 0 < self.read_timeout < float("inf"):
@@ -241,6 +258,11 @@ class SeparateConfig:
         """A stem's path under --save (``--filename`` filled in)."""
         path = self.filename.format(track=track, name=name, stem=stem, ext=self.format)
         return posixpath.normpath(path)
+
+    @property
+    def extension_set(self) -> tuple[str, ...]:
+        parts = (e.strip().lower().lstrip(".") for e in self.extensions.split(","))
+        return tuple(dict.fromkeys(p for p in parts if p))
 
     def output_rate(self, input_rate: int) -> int:
         """The stems' sample rate for an input of ``input_rate``."""

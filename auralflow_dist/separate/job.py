@@ -45,13 +45,14 @@ from auralflow_dist.models import index
 from auralflow_dist.models.separator import Bundle, check_bundle
 from auralflow_dist.separate.config import SeparateConfig
 from auralflow_dist.separate.results import (
+    SKIPPED,
     FileResult,
     ResultsTable,
     SeparationSummary,
     Tally,
     merge_columns,
 )
-from auralflow_dist.separate.sources import JOB_NAME, Source, list_sources
+from auralflow_dist.separate.sources import JOB_NAME, Source, list_inputs
 from auralflow_dist.separate.track import TrackSeparator, check_output_paths, fingerprint
 
 # Test hook: the worker exits (a real crash) the first time it is handed a file of this name.
@@ -294,9 +295,22 @@ def run_separation(job: SeparateConfig, echo: Callable[[str], None] = print) -> 
     if job.padding >= window:
         raise ConfigError("padding", f"must be below the model's window of {window} samples")
     model_key = ";".join(fingerprint(storage.join(d, session.WEIGHTS)) for d in model_dirs)
-    sources = list_sources(job.audio, exclude=job.save)
+    sources, others = list_inputs(job.audio, exclude=job.save, extensions=job.extension_set)
     if not sources:
-        raise AudioError(f"{storage.mask_url(job.audio)}: no .wav, .flac, .ogg or .mp3 files")
+        raise AudioError(
+            f"{storage.mask_url(job.audio)}: no .{', .'.join(job.extension_set)} files "
+            f"({len(others)} other file(s); --extensions widens the set)"
+        )
+    not_audio = [
+        FileResult(
+            input_url=url,
+            track="",
+            status=SKIPPED,
+            note=f"not separated: {posixpath.splitext(url)[1] or 'no extension'} is not among "
+            f"--extensions ({', '.join(job.extension_set)})",
+        )
+        for url in others
+    ]
     stems = [c.target for c in configs] + (["residual"] if job.residual else [])
     check_output_paths(job, sources, stems)
     run_id = uuid.uuid4().hex
@@ -360,7 +374,7 @@ def run_separation(job: SeparateConfig, echo: Callable[[str], None] = print) -> 
         },
     )
     tally = Tally(len(sources), label, echo)
-    table = ResultsTable(job.save, sources, echo)
+    table = ResultsTable(job.save, sources, echo, fixed=not_audio)
     try:
         with _signals_as_exit(echo), tally.heartbeat(also=table.update):
             _collect(dataset, table, tally, push)
@@ -376,7 +390,8 @@ def run_separation(job: SeparateConfig, echo: Callable[[str], None] = print) -> 
         save=job.save,
         files=len(sources),
         ok=counts["ok"],
-        skipped=counts["skipped"],
+        skipped=counts["skipped"] - len(not_audio),
+        not_audio=len(not_audio),
         failed=counts["failed"],
         audio_seconds=tally.audio_seconds,
         wall_seconds=time.monotonic() - start,

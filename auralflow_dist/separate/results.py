@@ -97,9 +97,16 @@ class ResultsTable:
     Results are added by the driver's loop; `update` may run in the heartbeat thread too.
     """
 
-    def __init__(self, save: str, sources: Iterable[Source], echo: Callable[[str], None]) -> None:
+    def __init__(
+        self,
+        save: str,
+        sources: Iterable[Source],
+        echo: Callable[[str], None],
+        fixed: Iterable[FileResult] = (),
+    ) -> None:
         self.save, self.echo = save, echo
         self.sources = list(sources)
+        self.fixed = list(fixed)  # rows settled before the job starts: files not taken
         self.results: dict[str, FileResult] = {}
         self.lock, self.writing = threading.Lock(), threading.Lock()
         self.written = time.monotonic()
@@ -116,7 +123,7 @@ class ResultsTable:
             return [
                 self.results.get(s.url) or FileResult(s.url, s.track, status=status, error=error)
                 for s in self.sources
-            ]
+            ] + self.fixed
 
     def update(self) -> None:
         """Write the table if results came in and `TABLE_INTERVAL_S` has passed since the last."""
@@ -159,6 +166,7 @@ class SeparationSummary:
     duration: float | None  # --duration: every file was cut to this many seconds
     results: list[FileResult]
     concurrent_files: int = 1  # files the pool separated side by side (actors x files at once)
+    not_audio: int = 0  # files under the input without one of --extensions (rows say so)
 
     @property
     def realtime_factor(self) -> float:
@@ -174,6 +182,11 @@ class SeparationSummary:
         if self.duration is not None:
             lines.append(
                 f"only the first {self.duration:g} s of each file were separated (--duration)"
+            )
+        if self.not_audio:
+            lines.append(
+                f"{self.not_audio} other file(s) under the input not separated: not among "
+                "--extensions (listed in the results)"
             )
         lines.append(
             f"stems under {storage.mask_url(self.save)}; results in "

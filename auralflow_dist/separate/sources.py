@@ -24,10 +24,9 @@ from dataclasses import dataclass
 from auralflow_dist import storage
 from auralflow_dist.attempts import LEDGER_NAME
 from auralflow_dist.errors import AudioError
-from auralflow_dist.separate.config import FORMATS
+from auralflow_dist.separate.config import DEFAULT_EXTENSIONS, FORMATS
 from auralflow_dist.separate.results import RESULTS_NAME
 
-AUDIO_EXTENSIONS = ("wav", "flac", "ogg", "mp3")
 JOB_NAME = "_job.json"  # the run's provenance, at the top of --save
 # What the job writes at the top of --save; no track may be named so.
 JOB_FILES = (JOB_NAME, LEDGER_NAME, f"{RESULTS_NAME}.parquet", f"{RESULTS_NAME}.csv")
@@ -46,30 +45,44 @@ class Source:
     track: str
 
 
-def list_sources(audio_url: str, exclude: str | None = None) -> list[Source]:
-    """Every audio file at or under ``audio_url``, sorted, except those under ``exclude``.
+def list_sources(
+    audio_url: str, exclude: str | None = None, extensions: tuple[str, ...] = DEFAULT_EXTENSIONS
+) -> list[Source]:
+    """Every audio file at or under ``audio_url`` (`list_inputs`)."""
+    return list_inputs(audio_url, exclude, extensions)[0]
+
+
+def list_inputs(
+    audio_url: str, exclude: str | None = None, extensions: tuple[str, ...] = DEFAULT_EXTENSIONS
+) -> tuple[list[Source], list[str]]:
+    """Every file at or under ``audio_url`` with one of ``extensions``, sorted, except those
+    under ``exclude``; and the other files there (not separated, but reported).
 
     ``exclude`` is the output folder: when it lies inside the input folder, a re-run must not
     separate the previous run's stems. A single file named as the input is separated wherever
     it lies: it was asked for.
     """
+    suffixes = tuple("." + e for e in extensions)
     storage.check_readable(audio_url)
     if storage.is_dir(audio_url):
-        urls = storage.find_files(audio_url, AUDIO_EXTENSIONS)
+        urls = storage.find_files(audio_url)
         if exclude is not None:
             inside = _path(exclude).rstrip("/") + "/"
             urls = [u for u in urls if not _path(u).startswith(inside)]
+        others = [u for u in urls if not u.lower().endswith(suffixes)]
+        urls = [u for u in urls if u.lower().endswith(suffixes)]
         root = audio_url.rstrip("/")
         relative = [u[len(root) + 1 :] for u in urls]
     else:
-        urls = [audio_url]
+        urls, others = [audio_url], []
         relative = [posixpath.basename(audio_url.rstrip("/"))]
-        if not relative[0].lower().endswith(tuple("." + e for e in AUDIO_EXTENSIONS)):
+        if not relative[0].lower().endswith(suffixes):
             raise AudioError(
                 f"{storage.mask_url(audio_url)}: not an audio file "
-                f"(expected {', '.join('.' + e for e in AUDIO_EXTENSIONS)})"
+                f"(expected {', '.join(suffixes)}; --extensions widens the set)"
             )
-    return [Source(u, t) for u, t in zip(urls, track_names(relative), strict=True)]
+    sources = [Source(u, t) for u, t in zip(urls, track_names(relative), strict=True)]
+    return sources, others
 
 
 def _path(url: str) -> str:

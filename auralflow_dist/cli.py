@@ -209,6 +209,16 @@ def _cmd_demo(args: argparse.Namespace) -> None:
     run_demo(args.workdir, quick=args.quick)
 
 
+def _add_model_index(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--model-index",
+        "--model_index",
+        dest="model_index",
+        default=None,
+        help="the model index's URL (default: $AURALFLOW_MODEL_INDEX)",
+    )
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="auralflow",
@@ -261,8 +271,7 @@ def _parser() -> argparse.ArgumentParser:
         help="fine-tune: start from this model's weights (a model, session or bundle URL, or a "
         "name in the model index), with a fresh optimizer; --resume still continues a run",
     )
-    p.add_argument("--model-index", "--model_index", dest="model_index", default=None,
-                   help="the model index's URL (default: $AURALFLOW_MODEL_INDEX)")  # fmt: skip
+    _add_model_index(p)
     p.add_argument("--address", default=None, help="Ray cluster address (default: local Ray)")
     p.add_argument(
         "--metrics-port",
@@ -308,16 +317,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="a name in the model index, or a model folder's URL")
     p.add_argument("--save", required=True)
     p.add_argument("--sha256", default=None, help="with a URL: expected SHA-256 of weights.pt")
-    p.add_argument("--model-index", "--model_index", dest="model_index", default=None,
-                   help="the model index's URL (default: $AURALFLOW_MODEL_INDEX)")  # fmt: skip
+    _add_model_index(p)
     p.set_defaults(func=_cmd_download)
 
     p = sub.add_parser("export", help="a trained network as TorchScript or ONNX, with its STFT")
     p.add_argument("model", help="a model, session or bundle URL, or a name in the model index")
     p.add_argument("--format", choices=("torchscript", "onnx"), required=True)
     p.add_argument("--save", required=True, help="output folder (a bundle: one per target)")
-    p.add_argument("--model-index", "--model_index", dest="model_index", default=None,
-                   help="the model index's URL (default: $AURALFLOW_MODEL_INDEX)")  # fmt: skip
+    _add_model_index(p)
     p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("index", help="add a model or bundle to a model index, with its checksums")

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from test_separate_job import RATE, noise, tiny_model
 
 from auralflow_dist import cli, flags
 from auralflow_dist.config import EvalConfig, from_dict
@@ -24,7 +25,6 @@ from auralflow_dist.models.separator import Bundle, Separator
 from auralflow_dist.separate import SeparateConfig, from_args
 from auralflow_dist.separate.sources import Source, list_inputs
 from auralflow_dist.separate.track import TrackSeparator, check_output_paths
-from tests.test_separate_job import RATE, noise, tiny_model
 
 
 def _separate(tmp_path: Path, data: np.ndarray, input_subtype: str = "PCM_16", **options):

@@ -184,3 +184,25 @@ def test_files_without_a_taken_extension_are_reported_and_extensions_widen_or_na
     assert job.extension_set == ("wav", "caf")
     with pytest.raises(ConfigError, match="m4a: choose among"):
         SeparateConfig(model="m", audio="a", save="s", extensions="wav,m4a").validate()
+
+
+def test_a_marker_written_before_the_output_options_existed_still_skips_the_file(
+    tmp_path: Path,
+) -> None:
+    """Markers of earlier runs lack filename/bitrate/quality/clip_mode: they mean the defaults."""
+    song = tmp_path / "song.wav"
+    sf.write(song, noise(1.0, RATE, 1), RATE)
+
+    def separate(run: str, **options):
+        job = SeparateConfig(model="m", audio=str(song), save=str(tmp_path / "out"), **options)
+        bundle = Bundle([tiny_model().separator])
+        return TrackSeparator(bundle, job.validate(), "k", run)(Source(str(song), "song"))
+
+    assert separate("r1").status == "ok"
+    marker = tmp_path / "out" / "song" / "_done.json"
+    record = json.loads(marker.read_text())
+    for name in ("filename", "bitrate", "quality", "clip_mode"):
+        del record["settings"][name]
+    marker.write_text(json.dumps(record))
+    assert separate("r2").status == "skipped"
+    assert separate("r3", clip_mode="clamp").status == "ok"  # another setting: done again

@@ -45,6 +45,10 @@ from auralflow_dist.separate.results import FAILED, OK, SKIPPED, FileResult
 from auralflow_dist.separate.sources import JOB_FILES, Source
 
 DONE_NAME = "_done.json"
+# Settings added to the marker after it was first written, with the value every earlier run
+# had: an earlier run's marker without them still counts (its outputs are what these give).
+_LATER_SETTINGS = {"filename": "{track}/{stem}.{ext}", "bitrate": None, "quality": None,
+                   "clip_mode": "rescale"}  # fmt: skip
 _FLOAT_SUBTYPES = ("FLOAT", "DOUBLE")
 _ENCODE_FRAMES = 1 << 18
 _PREFETCH = 2  # blocks decoded ahead of the model
@@ -352,7 +356,7 @@ class TrackSeparator:
         """Whether ``record`` shows this very input separated with these settings, outputs intact."""
         return (
             record.get("fingerprint") == key
-            and record.get("settings") == self.settings
+            and {**_LATER_SETTINGS, **(record.get("settings") or {})} == self.settings
             and all(storage.exists(u) for u in outputs)
         )
 

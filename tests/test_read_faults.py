@@ -26,7 +26,7 @@ import soundfile as sf
 from test_separate_job import noise, tiny_model
 
 from auralflow_dist import scratch, storage
-from auralflow_dist.data import stem_mp4
+from auralflow_dist.audio import ffmpeg
 from auralflow_dist.errors import AudioError
 from auralflow_dist.models.separator import Bundle
 from auralflow_dist.separate import SeparateConfig
@@ -151,7 +151,7 @@ def test_ffprobe_on_a_file_that_never_answers_is_killed_after_the_timeout(
 ) -> None:
     fifo = tmp_path / "stuck.stem.mp4"
     os.mkfifo(fifo)
-    monkeypatch.setattr(stem_mp4, "TIMEOUT_S", STALL_S)
+    monkeypatch.setattr(ffmpeg, "TIMEOUT_S", STALL_S)
     spawned: list[subprocess.Popen] = []
     real_popen = subprocess.Popen
 
@@ -164,7 +164,7 @@ def test_ffprobe_on_a_file_that_never_answers_is_killed_after_the_timeout(
         with pytest.raises(
             AudioError, match=rf"^{fifo}: ffprobe: no result in {STALL_S:g} s \(read stalled\)$"
         ):
-            stem_mp4.info(str(fifo))
+            ffmpeg.info(str(fifo))
     finally:
         _unblock(fifo)
     assert [p.poll() for p in spawned] == [-9]  # killed, not left to hang
@@ -189,18 +189,18 @@ def test_stem_mp4_on_s3_keeps_the_presigned_url_off_the_command_line(
 
     monkeypatch.setattr(subprocess, "run", run)
 
-    header = stem_mp4.info(url)
+    header = ffmpeg.info(url)
     assert (header.sample_rate, header.channels, header.streams) == (RATE, 2, 5)
     assert abs(header.frames - 2 * RATE) <= 1
-    drums = stem_mp4.read(url, 1, 1000, 500, RATE, 2)
+    drums = ffmpeg.read(url, 1, 1000, 500, RATE, 2)
     np.testing.assert_allclose(drums, parts[1][:, 1000:1500], atol=1e-4)
 
     missing = f"s3://{s3_bucket}/musdb/missing.stem.mp4"
     with pytest.raises(AudioError, match=rf"^{missing}: ffprobe: \S") as caught:
-        stem_mp4.info(missing)
+        ffmpeg.info(missing)
     assert "Signature" not in str(caught.value) and "ffconcat" not in str(caught.value)
 
-    assert len(argvs) == 3
+    assert len(argvs) == 4  # the probe, the read's seek plan and decode, the missing file
     key, secret = os.environ["AWS_ACCESS_KEY_ID"], os.environ["AWS_SECRET_ACCESS_KEY"]
     for argv in argvs:
         line = " ".join(argv)

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from auralflow_dist import audio
+from auralflow_dist.audio import ffmpeg
 from auralflow_dist.config import ModelConfig, TrainerConfig
 from auralflow_dist.data import stem_mp4
 from auralflow_dist.data.augment import Augmentation, apply
@@ -88,7 +89,7 @@ def read_source(
     """Frames ``[offset, offset + frames)`` of a stem or mixture at its own rate, zero-padded."""
     mp4 = stem_mp4.parse_source(url)
     if mp4:
-        return stem_mp4.read(*mp4, offset, frames, track.sample_rate, track.channels)
+        return ffmpeg.read(*mp4, offset, frames, track.sample_rate, track.channels)
     # A view: the batch `np.stack` transposes while it copies, one pass over the samples, not two.
     return audio.read(url, offset, frames, dtype, fill_value=0, contiguous=False)[0]
 

@@ -23,6 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from auralflow_dist import audio, storage
+from auralflow_dist.audio import ffmpeg
 from auralflow_dist.data import stem_mp4
 from auralflow_dist.errors import AuralflowError, ConfigError
 
@@ -166,7 +167,7 @@ def _find_tracks(dataset_url: str) -> tuple[list[_Found], list[str]]:
             f"{dataset_url}: no audio files (.{', .'.join(AUDIO_EXTENSIONS)} or .stem.mp4) found"
         )
     if any(stem_mp4.is_stem_mp4(u) for u in urls):
-        stem_mp4.require_ffmpeg(next(u for u in urls if stem_mp4.is_stem_mp4(u)))
+        ffmpeg.require(next(u for u in urls if stem_mp4.is_stem_mp4(u)))
     root = dataset_url.rstrip("/")
     parts = [u[len(root) + 1 :].split("/") for u in urls]
     split_layout = any(len(p) > 1 and p[0] in _SPLIT_FOLDERS for p in parts)
@@ -228,13 +229,13 @@ def _count(n: int, fraction: float, keep: int) -> int:
     return min(max(round(n * fraction), 1), n - keep)
 
 
-def _probe(found: list[_Found]) -> dict[str, audio.AudioInfo | stem_mp4.StemInfo | str]:
+def _probe(found: list[_Found]) -> dict[str, audio.AudioInfo | ffmpeg.StreamInfo | str]:
     """Header of every file (an error line where unreadable), read concurrently."""
     urls = sorted({_file_of(a) for t in found for a in t.files.values()})
 
-    def one(url: str) -> audio.AudioInfo | stem_mp4.StemInfo | str:
+    def one(url: str) -> audio.AudioInfo | ffmpeg.StreamInfo | str:
         try:
-            return stem_mp4.info(url) if stem_mp4.is_stem_mp4(url) else audio.info(url)
+            return ffmpeg.info(url) if stem_mp4.is_stem_mp4(url) else audio.info(url)
         except AuralflowError as err:
             return str(err)
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import soundfile as sf
 
 from auralflow_dist import flags
+from auralflow_dist.audio import ffmpeg
 from auralflow_dist.config import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_PADDING,
@@ -38,9 +39,10 @@ OPUS_RATE = 48000
 MP3_KBPS = ((32000, (32, 320)), (16000, (8, 160)), (0, (8, 64)))
 OPUS_KBPS_PER_CHANNEL = (6, 256)  # libsndfile's range: compression level 1 -> 0
 CLIP_MODES = ("rescale", "clamp", "none")
-# Input extensions libsndfile in the soundfile wheel decodes, and the default set of them.
-READABLE_EXTENSIONS = ("wav", "flac", "ogg", "oga", "opus", "mp3", "aiff", "aif", "aifc", "caf",
-                       "w64", "au", "snd")  # fmt: skip
+# Input extensions libsndfile in the soundfile wheel decodes, and the default set of them; where
+# ffmpeg is installed, its formats (`ffmpeg.EXTENSIONS`) join both.
+SNDFILE_EXTENSIONS = ("wav", "flac", "ogg", "oga", "opus", "mp3", "aiff", "aif", "aifc", "caf",
+                      "w64", "au", "snd")  # fmt: skip
 DEFAULT_EXTENSIONS = ("wav", "flac", "ogg", "oga", "opus", "mp3", "aiff", "aif")
 DEFAULT_FILENAME = "{track}/{stem}.{ext}"
 FILENAME_FIELDS = ("track", "name", "stem", "ext")
@@ -65,11 +67,12 @@ class SeparateConfig:
         metavar="audio_url",
     )
     save: str = option(help="output folder: <save>/<track>/<target>.<format>, plus _results.csv")
-    extensions: str = option(
-        ",".join(DEFAULT_EXTENSIONS),
-        f"comma-separated input extensions to separate (libsndfile reads "
-        f"{', '.join(READABLE_EXTENSIONS)}); other files under the input are listed in "
-        "_results as not separated",
+    extensions: str | None = option(
+        None,
+        f"comma-separated input extensions to separate (default: {','.join(DEFAULT_EXTENSIONS)}, "
+        f"plus {','.join(ffmpeg.EXTENSIONS)} where ffmpeg is installed; libsndfile also reads "
+        f"{', '.join(e for e in SNDFILE_EXTENSIONS if e not in DEFAULT_EXTENSIONS)}); other "
+        "files under the input are listed in _results as not separated",
     )
     residual: bool = option(
         False,
@@ -188,14 +191,7 @@ class SeparateConfig:
                 )
         self._check_encoding()
         self._check_filename()
-        unreadable = [e for e in self.extension_set if e not in READABLE_EXTENSIONS]
-        if unreadable or not self.extension_set:
-            raise ConfigError(
-                "extensions",
-                f"{', '.join(unreadable) or 'none given'}: choose among "
-                f"{', '.join(READABLE_EXTENSIONS)} (m4a, aac and wma need ffmpeg decoding, "
-                "which separate does not do yet)",
-            )
+        self._check_extensions()
         if not self.block_seconds > 0:
             raise ConfigError("block_seconds", f"must be positive, not {self.block_seconds}")
         if not 0 < self.read_timeout < float("inf"):
@@ -259,8 +255,29 @@ class SeparateConfig:
         path = self.filename.format(track=track, name=name, stem=stem, ext=self.format)
         return posixpath.normpath(path)
 
+    def _check_extensions(self) -> None:
+        if self.extensions is None:
+            return
+        known = (*SNDFILE_EXTENSIONS, *ffmpeg.EXTENSIONS)
+        unknown = [e for e in self.extension_set if e not in known]
+        if unknown or not self.extension_set:
+            raise ConfigError(
+                "extensions",
+                f"{', '.join(unknown) or 'none given'}: choose among {', '.join(known)}",
+            )
+        needs = [e for e in self.extension_set if e in ffmpeg.EXTENSIONS]
+        if needs and not ffmpeg.available():
+            raise ConfigError(
+                "extensions",
+                f"{', '.join(needs)} need ffmpeg, which is not installed here "
+                "(apt-get install ffmpeg)",
+            )
+
     @property
     def extension_set(self) -> tuple[str, ...]:
+        """The extensions to separate: --extensions, else the defaults this machine decodes."""
+        if self.extensions is None:
+            return DEFAULT_EXTENSIONS + (ffmpeg.EXTENSIONS if ffmpeg.available() else ())
         parts = (e.strip().lower().lstrip(".") for e in self.extensions.split(","))
         return tuple(dict.fromkeys(p for p in parts if p))
 

@@ -52,7 +52,7 @@ from auralflow_dist.separate.results import (
     Tally,
     merge_columns,
 )
-from auralflow_dist.separate.sources import JOB_NAME, Source, list_inputs
+from auralflow_dist.separate.sources import JOB_NAME, Source, list_inputs, skip_reason
 from auralflow_dist.separate.track import TrackSeparator, check_output_paths, fingerprint
 
 # Test hook: the worker exits (a real crash) the first time it is handed a file of this name.
@@ -306,8 +306,7 @@ def run_separation(job: SeparateConfig, echo: Callable[[str], None] = print) -> 
             input_url=url,
             track="",
             status=SKIPPED,
-            note=f"not separated: {posixpath.splitext(url)[1] or 'no extension'} is not among "
-            f"--extensions ({', '.join(job.extension_set)})",
+            note=skip_reason(url, job.extension_set),
         )
         for url in others
     ]

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 
 from auralflow_dist import storage
 from auralflow_dist.attempts import LEDGER_NAME
+from auralflow_dist.audio import ffmpeg
+from auralflow_dist.data import stem_mp4
 from auralflow_dist.errors import AudioError
 from auralflow_dist.separate.config import DEFAULT_EXTENSIONS, FORMATS
 from auralflow_dist.separate.results import RESULTS_NAME
@@ -85,15 +87,29 @@ def list_inputs(
     return sources, others
 
 
+def skip_reason(url: str, extensions: tuple[str, ...]) -> str:
+    """Why a file `list_inputs` put among the others is not separated, for its results row."""
+    extension = posixpath.splitext(url)[1].lower()
+    if ffmpeg.decodes(url) and not ffmpeg.available():
+        return f"not separated: {extension} needs ffmpeg, which is not installed"
+    return (
+        f"not separated: {extension or 'no extension'} is not among --extensions "
+        f"({', '.join(extensions)})"
+    )
+
+
 def _path(url: str) -> str:
     """The path as its filesystem names it (absolute for local paths), for comparisons."""
     return storage.filesystem(url)[1]
 
 
 def track_name(relative: str) -> str:
-    """``dir/song.wav`` -> ``dir/song``; ``dir/song/mixture.wav`` -> ``dir/song``."""
+    """``dir/song.wav`` -> ``dir/song``; ``dir/song/mixture.wav`` -> ``dir/song``;
+    MUSDB18's ``dir/song.stem.mp4`` -> ``dir/song``."""
     folder, name = posixpath.split(relative)
-    stem = posixpath.splitext(name)[0]
+    stem = (
+        name[: -len(stem_mp4.SUFFIX)] if stem_mp4.is_stem_mp4(name) else posixpath.splitext(name)[0]
+    )
     if stem.lower() == _MUSDB_MIXTURE and folder:
         return folder
     return posixpath.join(folder, stem) if folder else stem

@@ -36,6 +36,7 @@ import soundfile as sf
 import torch
 
 from auralflow_dist import audio, scratch, storage
+from auralflow_dist.audio import ffmpeg
 from auralflow_dist.audio.engine import SeparationEngine
 from auralflow_dist.audio.io import GuardedFile, open_audio, promised_frames
 from auralflow_dist.errors import AudioError, AuralflowError, ConfigError, StorageError
@@ -67,8 +68,8 @@ def fingerprint(url: str) -> str:
         ) from err
 
 
-def _blocks(url: str, block_frames: int, limit: int | None) -> Iterator[np.ndarray]:
-    """Decoded blocks ``(channels, n)`` read in order, up to ``limit`` frames.
+def _sndfile_blocks(url: str, block_frames: int, limit: int | None) -> Iterator[np.ndarray]:
+    """Decoded blocks ``(channels, n)`` read in order by libsndfile, up to ``limit`` frames.
 
     A file that holds fewer frames than its header promises is an AudioError: separated, its
     stems would be silently short, and marked done, never retried.
@@ -102,16 +103,35 @@ def _blocks(url: str, block_frames: int, limit: int | None) -> Iterator[np.ndarr
                 if left > max(snd.samplerate, snd.frames // 100):
                     raise truncated(snd.frames, start)
                 break
-            finite = np.isfinite(block)
-            if not finite.all():
-                first = start + int(np.argmin(finite.all(axis=1)))
-                raise AudioError(
-                    f"{storage.mask_url(url)}: contains NaN/inf samples "
-                    f"(first at {first / snd.samplerate:.3f} s)"
-                )
             left -= len(block)
             start += len(block)
             yield np.ascontiguousarray(block.T)
+
+
+def _blocks(
+    url: str,
+    header: audio.AudioInfo | ffmpeg.StreamInfo,
+    block_frames: int,
+    limit: int | None,
+    stall_s: float,
+) -> Iterator[np.ndarray]:
+    """The input's blocks from libsndfile or ffmpeg (by extension); NaN/inf is an AudioError."""
+    if ffmpeg.decodes(url):
+        decoded = ffmpeg.blocks(url, header, block_frames, limit, stall_s)
+    else:
+        decoded = _sndfile_blocks(url, block_frames, limit)
+    start = 0
+    with contextlib.closing(decoded):
+        for block in decoded:
+            finite = np.isfinite(block)
+            if not finite.all():
+                first = start + int(np.argmin(finite.all(axis=0)))
+                raise AudioError(
+                    f"{storage.mask_url(url)}: contains NaN/inf samples "
+                    f"(first at {first / header.sample_rate:.3f} s)"
+                )
+            start += block.shape[-1]
+            yield block
 
 
 class _Prefetch:
@@ -362,7 +382,8 @@ class TrackSeparator:
 
     def _separate(self, url: str, result: FileResult, outputs: list[str]) -> None:
         job = self.job
-        header = _bounded(lambda: audio.info(url), job.read_timeout, url)
+        probe = ffmpeg.info if ffmpeg.decodes(url) else audio.info
+        header = _bounded(lambda: probe(url), job.read_timeout, url)
         if header.frames == 0:
             raise AudioError(f"{storage.mask_url(url)}: contains no audio frames")
         rate, channels = header.sample_rate, header.channels
@@ -386,7 +407,10 @@ class TrackSeparator:
                 for spool in stems:
                     closing.callback(spool.close)
                 blocks = _Prefetch(
-                    _blocks(url, block_frames, limit), _PREFETCH, job.read_timeout, url
+                    _blocks(url, header, block_frames, limit, job.read_timeout),
+                    _PREFETCH,
+                    job.read_timeout,
+                    url,
                 )
                 frames = self._run(stream, blocks, stems)
             if frames == 0:

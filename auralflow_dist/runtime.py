@@ -7,6 +7,7 @@ import os
 import signal
 import tempfile
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 import ray
@@ -22,6 +23,15 @@ DATA_CPU_HEADROOM = 2
 # Our workers are the node's work, so they run at the control plane's priority. Cluster
 # configs set the same through ``RAY_worker_niceness=0`` (cluster/).
 WORKER_NICENESS = 0
+# A local instance runs no dashboard, so Ray's state API has no server on it: with no address
+# set, Ray Train's placement-group cleaner looks for one through /tmp/ray/ray_current_cluster,
+# which a past ``ray start`` leaves behind. A stale one cost 40 s a query and stalled every
+# run's end by 14 s (measured); a live one would answer for another cluster, where our
+# controller is unknown, i.e. "dead", and the cleaner would remove our placement group. A port
+# nothing listens on makes the query fail at once, as with no such file (the cleaner then
+# monitors on; our own code frees a dead run's placement group).
+NO_STATE_API = "http://127.0.0.1:1"
+_STATE_API_VARIABLE = "RAY_API_SERVER_ADDRESS"
 
 
 def connect(address: str | None = None, reserved_cpus: float = 0.0) -> None:
@@ -41,13 +51,27 @@ def connect(address: str | None = None, reserved_cpus: float = 0.0) -> None:
         return
     cpus = max(os.cpu_count() or 1, int(reserved_cpus + 0.999) + DATA_CPU_HEADROOM)
     # "local": a fresh instance, never a stale one some earlier `ray start` left behind.
-    _init(
-        address="local",
-        num_cpus=cpus,
-        include_dashboard=False,
-        log_to_driver=True,
-        _system_config={"worker_niceness": WORKER_NICENESS},
-    )
+    with isolated_state_api():
+        _init(
+            address="local",
+            num_cpus=cpus,
+            include_dashboard=False,
+            log_to_driver=True,
+            _system_config={"worker_niceness": WORKER_NICENESS},
+        )
+
+
+@contextlib.contextmanager
+def isolated_state_api() -> Iterator[None]:
+    """Around the start of a local instance, whose processes inherit the environment: its state
+    API is `NO_STATE_API`. This process's own is left as it was (a job client would follow it)."""
+    before = os.environ.get(_STATE_API_VARIABLE)
+    os.environ.setdefault(_STATE_API_VARIABLE, NO_STATE_API)
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(_STATE_API_VARIABLE, None)
 
 
 def _init(**options: Any) -> None:

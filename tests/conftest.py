@@ -273,7 +273,10 @@ def ray_local(s3_server: S3Server) -> Iterator[None]:
     if ray.is_initialized():
         yield
         return
-    ray.init(address="local", num_cpus=8, include_dashboard=False, configure_logging=False)
+    from auralflow_dist import runtime
+
+    with runtime.isolated_state_api():  # as the command line starts its local Ray
+        ray.init(address="local", num_cpus=8, include_dashboard=False, configure_logging=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
     try:
         yield

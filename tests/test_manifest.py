@@ -267,8 +267,10 @@ def test_ranged_reads_of_an_aac_stem_mp4_equal_a_whole_decode(tmp_path: Path) ->
     )
     for stream in range(2):
         raw = subprocess.run(
-            ["ffmpeg", "-v", "error", "-i", str(target), "-map", f"0:a:{stream}"]
-            + ["-f", "f32le", "-acodec", "pcm_f32le", "-"],
+            [
+                *("ffmpeg", "-v", "error", "-i", str(target), "-map", f"0:a:{stream}"),
+                *("-f", "f32le", "-acodec", "pcm_f32le", "-"),
+            ],
             check=True,
             capture_output=True,
         ).stdout

@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from auralflow_dist import allocator
+from auralflow_dist import allocator, runtime
 from auralflow_dist.config import TrainerConfig, from_dict
 from auralflow_dist.train.trainer import make_run_config
 
@@ -109,15 +109,35 @@ def test_ray_workers_run_with_the_tuned_heap(ray_local) -> None:
     assert ray.get(ray.remote(mapped_bytes).remote()) >= 64 << 20  # Ray's default workers
 
 
-def test_local_instance_runs_workers_at_the_control_planes_priority() -> None:
+def test_local_instance_runs_workers_at_the_control_planes_priority_and_off_other_state_apis() -> (
+    None
+):
+    """Ray Train's placement-group cleaner asks the state API, every second, whether the run's
+    controller lives. Sent to a past ``ray start``'s address (its /tmp/ray/ray_current_cluster),
+    a query hung 40 s and every run's end 14 s; on a live other cluster it would read "dead"."""
     code = """
-import os, ray
+import os, time, ray
 from auralflow_dist import runtime
 runtime.connect()
-print(ray.get(ray.remote(num_cpus=0)(lambda: os.nice(0)).remote()), os.nice(0))
+
+@ray.remote(num_cpus=0)
+def probe():
+    from ray.util.state import get_actor
+    start = time.monotonic()
+    try:
+        get_actor("0" * 32, timeout=10)
+    except Exception:
+        pass
+    return os.nice(0), os.environ.get("RAY_API_SERVER_ADDRESS"), time.monotonic() - start
+
+nice, api, seconds = ray.get(probe.remote())
+print(nice, os.nice(0), api, os.environ.get("RAY_API_SERVER_ADDRESS"), f"{seconds:.3f}")
 ray.shutdown()
 """
     if os.nice(0) >= 15:
         pytest.skip("this process already runs at Ray's default worker niceness or lower")
-    worker, driver = _python(code, {"RAY_AUTH_MODE": "disabled"}).split()
+    env = {"RAY_AUTH_MODE": "disabled"}
+    worker, driver, api, driver_api, seconds = _python(code, env).split()
     assert worker == driver
+    assert api == runtime.NO_STATE_API and driver_api == "None"  # the driver's own is untouched
+    assert float(seconds) < 2.0

@@ -23,7 +23,7 @@ import pandas as pd
 import pytest
 import ray
 
-from auralflow_dist import storage
+from auralflow_dist import runtime, storage
 from auralflow_dist.config import ModelConfig, TrainerConfig, from_dict, replace, to_json
 from auralflow_dist.data.generate import write_dataset
 from auralflow_dist.errors import AuralflowError, ConfigError
@@ -377,7 +377,8 @@ def tune_ray(s3_server) -> Iterator[None]:
     with pytest.MonkeyPatch.context() as mp:
         for name, value in env.items():
             mp.setenv(name, value)
-        ray.init(address="local", num_cpus=4, include_dashboard=False, configure_logging=False)
+        with runtime.isolated_state_api():
+            ray.init(address="local", num_cpus=4, include_dashboard=False, configure_logging=False)
         try:
             yield
         finally:
@@ -540,6 +541,7 @@ def test_sweep_without_a_finished_trial_fails_after_recording_every_error(
 FAULTY_SWEEP = """\
 import os, signal, sys
 import ray
+from auralflow_dist import runtime
 from auralflow_dist.tune import SweepConfig, run_sweep
 
 OOM = ("1 worker(s) were killed due to the node running low on memory. Memory on the node "
@@ -572,8 +574,9 @@ def fault():
     ray.train.report, _TorchBackend.on_shutdown = killed_at_first_report, shutdown_meets_an_oom_kill
 
 sweep, data, space, base = sys.argv[1:]
-ray.init(address="local", num_cpus=3, include_dashboard=False,
-         runtime_env={"worker_process_setup_hook": fault})
+with runtime.isolated_state_api():
+    ray.init(address="local", num_cpus=3, include_dashboard=False,
+             runtime_env={"worker_process_setup_hook": fault})
 print(run_sweep(SweepConfig(sweep, data, space=space, base=base, num_samples=1,
                             scheduler="fifo", max_concurrent=1, max_epochs=1)).text())
 """

@@ -12,8 +12,7 @@ import pyarrow as pa
 import pytest
 import soundfile as sf
 
-from auralflow_dist import audio, storage
-from auralflow_dist.audio import ffmpeg
+from auralflow_dist import audio, ffmpeg, storage
 from auralflow_dist.data import manifest
 from auralflow_dist.data.generate import write_dataset
 from auralflow_dist.errors import AuralflowError

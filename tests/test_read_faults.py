@@ -25,8 +25,7 @@ import pytest
 import soundfile as sf
 from test_separate_job import noise, tiny_model
 
-from auralflow_dist import scratch, storage
-from auralflow_dist.audio import ffmpeg
+from auralflow_dist import ffmpeg, scratch, storage
 from auralflow_dist.errors import AudioError
 from auralflow_dist.models.separator import Bundle
 from auralflow_dist.separate import SeparateConfig

@@ -17,8 +17,7 @@ import pytest
 import soundfile as sf
 from test_separate_job import RATE, noise, tiny_model
 
-from auralflow_dist import audio, storage
-from auralflow_dist.audio import ffmpeg
+from auralflow_dist import audio, ffmpeg, storage
 from auralflow_dist.errors import ConfigError
 from auralflow_dist.models.separator import Bundle
 from auralflow_dist.separate import SeparateConfig

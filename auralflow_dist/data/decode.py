@@ -19,8 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from auralflow_dist import audio
-from auralflow_dist.audio import ffmpeg
+from auralflow_dist import audio, ffmpeg
 from auralflow_dist.config import ModelConfig, TrainerConfig
 from auralflow_dist.data import stem_mp4
 from auralflow_dist.data.augment import Augmentation, apply

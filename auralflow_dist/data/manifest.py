@@ -22,8 +22,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from auralflow_dist import audio, storage
-from auralflow_dist.audio import ffmpeg
+from auralflow_dist import audio, ffmpeg, storage
 from auralflow_dist.data import stem_mp4
 from auralflow_dist.errors import AuralflowError, ConfigError
 

@@ -1,6 +1,6 @@
 """MUSDB18's native ``<track>.stem.mp4`` files: one file, five audio streams (`STREAMS`).
 
-A stem of such a file is addressed as ``<url>#<stream>``; ffmpeg (`audio.ffmpeg`) decodes it
+A stem of such a file is addressed as ``<url>#<stream>``; ffmpeg (`auralflow_dist.ffmpeg`) decodes it
 range by range.
 """
 

@@ -13,8 +13,7 @@ from dataclasses import dataclass
 
 import soundfile as sf
 
-from auralflow_dist import flags
-from auralflow_dist.audio import ffmpeg
+from auralflow_dist import ffmpeg, flags
 from auralflow_dist.config import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_PADDING,

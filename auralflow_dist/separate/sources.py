@@ -21,9 +21,8 @@ import posixpath
 from collections import Counter
 from dataclasses import dataclass
 
-from auralflow_dist import storage
+from auralflow_dist import ffmpeg, storage
 from auralflow_dist.attempts import LEDGER_NAME
-from auralflow_dist.audio import ffmpeg
 from auralflow_dist.data import stem_mp4
 from auralflow_dist.errors import AudioError
 from auralflow_dist.separate.config import DEFAULT_EXTENSIONS, FORMATS

@@ -35,8 +35,7 @@ import numpy as np
 import soundfile as sf
 import torch
 
-from auralflow_dist import audio, scratch, storage
-from auralflow_dist.audio import ffmpeg
+from auralflow_dist import audio, ffmpeg, scratch, storage
 from auralflow_dist.audio.engine import SeparationEngine
 from auralflow_dist.audio.io import GuardedFile, open_audio, promised_frames
 from auralflow_dist.errors import AudioError, AuralflowError, ConfigError, StorageError

@@ -1,4 +1,5 @@
-"""ffmpeg and ffprobe as subprocesses: audio libsndfile cannot read (AAC/ALAC in MP4, WMA, WebM, Matroska, AC-3).
+"""ffmpeg and ffprobe as subprocesses, for audio libsndfile cannot read (AAC/ALAC in MP4, WMA,
+WebM, Matroska, AC-3).
 
 Debian's ``ffmpeg`` package ships ffmpeg and ffprobe. A local file is read by path; an S3
 object through a presigned HTTPS URL, so ffmpeg fetches only the ranges it seeks to. The URL

@@ -1,7 +1,7 @@
 """MUSDB18's native ``<track>.stem.mp4`` files: one file, five audio streams (`STREAMS`).
 
-A stem of such a file is addressed as ``<url>#<stream>``; ffmpeg (`auralflow_dist.ffmpeg`) decodes it
-range by range.
+A stem of such a file is addressed as ``<url>#<stream>``; `auralflow_dist.ffmpeg` decodes it range
+by range.
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ BENCHMARKS = (
     ("bench.train_throughput", []),
     ("bench.separate_throughput", []),
     ("bench.all_stems", []),
+    ("bench.shared_batches", []),
     ("bench.heap", []),
 )
 

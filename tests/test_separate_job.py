@@ -94,7 +94,8 @@ def put(url: str, data: np.ndarray, rate: int, fmt: str, subtype: str | None = N
     [
         (12, 2, 0.0, 4.0, 4),  # CPU, files for every CPU: one file per CPU, a thread each
         (7, 2, 0.0, 4.0, 1),  # fewer files than CPUs: each file gets all of an actor's threads
-        (100, 1, 1.0, 4.0, 1),  # a GPU is not shared between files
+        (100, 1, 1.0, 4.0, 4),  # a GPU: files side by side share its forward passes
+        (2, 1, 1.0, 1.0, 4),  # however few files and CPUs
         (100, 3, 0.0, 1.5, 1),  # one whole CPU
     ],
 )

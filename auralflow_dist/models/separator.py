@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from auralflow_dist import session
-from auralflow_dist.audio.engine import SeparationEngine
+from auralflow_dist.audio.engine import Estimator, SeparationEngine
 from auralflow_dist.audio.stft import STFT
 from auralflow_dist.audio.wiener import wiener
 from auralflow_dist.config import DEFAULT_BATCH_SIZE, DEFAULT_PADDING, ModelConfig, WienerConfig
@@ -204,12 +204,7 @@ class Bundle:
         for separator in self.separators:
             if separator.network.training:
                 separator.network.eval()
-        # Each channel of a window is one network input, but a stereo network's stereo pair.
-        channels = windows.shape[1]
-        inputs = max(
-            1 if s.config.num_channels == 2 and channels == 2 else channels for s in self.separators
-        )
-        per_call = max(1, batch_size // inputs)
+        per_call = self.windows_per_pass(windows.shape[1], batch_size)
         out = []
         with torch.inference_mode():
             for batch in windows.split(per_call):
@@ -222,6 +217,14 @@ class Bundle:
                 flat = self.stft.inverse(sources.flatten(0, 1), length=length)
                 out.append(flat.reshape(*sources.shape[:3], length))
         return torch.cat(out)
+
+    def windows_per_pass(self, channels: int, batch_size: int) -> int:
+        """Windows of ``channels`` in one forward pass of ``batch_size`` network inputs: each
+        channel of a window is one input, but a stereo network's stereo pair is one."""
+        inputs = max(
+            1 if s.config.num_channels == 2 and channels == 2 else channels for s in self.separators
+        )
+        return max(1, batch_size // inputs)
 
     def _filter(self, masks: torch.Tensor, mag: torch.Tensor, spec: torch.Tensor) -> torch.Tensor:
         """Complex target STFTs ``(count, targets, channels, bins, frames)`` from the masks."""
@@ -241,11 +244,13 @@ class Bundle:
         output_rate: int | None = None,
         padding: int = DEFAULT_PADDING,
         batch_size: int = DEFAULT_BATCH_SIZE,
+        estimate: Estimator | None = None,
     ) -> SeparationEngine:
-        """A streaming separation of one file of this rate and channel count into every target."""
+        """A streaming separation of one file of this rate and channel count into every target;
+        ``estimate`` replaces the bundle's own (windows of several files in one forward pass)."""
         self._check_padding(padding)
         return SeparationEngine(
-            functools.partial(self.estimate, batch_size=batch_size),
+            estimate or functools.partial(self.estimate, batch_size=batch_size),
             model_rate=self.config.sample_rate,
             window=self.config.num_samples,
             sample_rate=sample_rate,

@@ -1,9 +1,8 @@
 """The bulk separation job: Ray Data over the input files, one model bundle per pool actor.
 
 The driver lists the files, then streams them through an actor pool (each actor loads the bundle,
-one model per target, once and separates whole files into every stem with `TrackSeparator`, on
-CPU one per CPU side by side), and
-counts the results as they come back: progress lines, Prometheus series, and the ``_results``
+one model per target, once and separates whole files into every stem with `TrackSeparator`: on CPU one per CPU side
+by side, on a GPU several side by side in shared forward passes), and counts the results as they come back: progress lines, Prometheus series, and the ``_results``
 table, rewritten as results come in and written once more however the job ends (a SIGTERM
 from ``ray job stop`` or Kubernetes included).
 
@@ -52,6 +51,7 @@ from auralflow_dist.separate.results import (
     Tally,
     merge_columns,
 )
+from auralflow_dist.separate.shared_batches import SharedBatches
 from auralflow_dist.separate.sources import JOB_NAME, Source, list_inputs, skip_reason
 from auralflow_dist.separate.track import TrackSeparator, check_output_paths, fingerprint
 
@@ -63,6 +63,7 @@ _MAX_BLOCKS = 10_000  # Ray Data blocks (units of scheduling and retry); one fil
 # More would let the last files queue behind a busy actor while another is idle.
 _FILES_QUEUED_PER_ACTOR = 1
 _PUSH_INTERVAL_S = 15.0
+GPU_FILES_AT_ONCE = 4  # a pass of 8-32 windows is 2-8 per file: files of 6-24 s fill it
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
@@ -115,7 +116,8 @@ class FileSeparator:
         bundle = Bundle.from_checkpoints(
             ",".join(model_dirs), use_amp=job.use_amp, wiener=job.wiener_filter
         )
-        self.separate = TrackSeparator(bundle, job, model_key, run_id)
+        shared = SharedBatches(bundle, job.batch_size) if bundle.device.type == "cuda" else None
+        self.separate = TrackSeparator(bundle, job, model_key, run_id, shared)
         self.log = AttemptLog(job.save, run_id)
         self.at_once, self.crash_once = at_once, crash_once
         self.gate = _Gate()
@@ -191,11 +193,15 @@ def _files_at_once(files: int, workers: int, gpus: float, cpus: float) -> int:
     On CPU, files side by side on a thread each beat one file on every thread (1.09-1.17x with
     2 CPUs on a 2-core machine: the network's convolutions scale poorly over torch's
     intra-op threads), so an actor takes a file per CPU while there are files for every CPU of
-    the pool. With fewer files, and on a GPU (whose memory the files would share), an actor
-    separates one file at a time with all its threads.
+    the pool; with fewer files, one file at a time with all its threads. On a GPU an actor
+    takes `GPU_FILES_AT_ONCE` files, whose windows share forward passes (`SharedBatches`):
+    short files fill a pass together, and one file's decoding and encoding overlap another's
+    pass, in no more GPU memory per pass than one file's.
     """
+    if gpus > 0:
+        return GPU_FILES_AT_ONCE
     slots = max(1, int(cpus))
-    return 1 if gpus > 0 or files < workers * slots else slots
+    return 1 if files < workers * slots else slots
 
 
 def _metrics(job: SeparateConfig, label: str, echo: Callable[[str], None]) -> Callable[[], None]:

@@ -42,6 +42,7 @@ from auralflow_dist.errors import AudioError, AuralflowError, ConfigError, Stora
 from auralflow_dist.models.separator import Bundle
 from auralflow_dist.separate.config import SeparateConfig
 from auralflow_dist.separate.results import FAILED, OK, SKIPPED, FileResult
+from auralflow_dist.separate.shared_batches import SharedBatches
 from auralflow_dist.separate.sources import JOB_FILES, Source
 
 DONE_NAME = "_done.json"
@@ -297,10 +298,19 @@ def check_output_paths(job: SeparateConfig, sources: list[Source], stems: list[s
 
 
 class TrackSeparator:
-    """Separates files one at a time with one loaded bundle: skip, stream, encode, mark done."""
+    """Separates files with one loaded bundle, on any number of threads at once: skip, stream,
+    encode, mark done."""
 
-    def __init__(self, bundle: Bundle, job: SeparateConfig, model_key: str, run_id: str) -> None:
-        self.bundle, self.job, self.run_id = bundle, job, run_id
+    def __init__(
+        self,
+        bundle: Bundle,
+        job: SeparateConfig,
+        model_key: str,
+        run_id: str,
+        shared: SharedBatches | None = None,
+    ) -> None:
+        """``shared``: forward passes shared with the files separated side by side."""
+        self.bundle, self.job, self.run_id, self.shared = bundle, job, run_id, shared
         scratch.sweep()  # this may be a restarted worker: its predecessor's spools are litter
         self.stems = [*bundle.targets, "residual"] if job.residual else list(bundle.targets)
         # What the outputs depend on: a marker written under other settings does not count.
@@ -380,6 +390,14 @@ class TrackSeparator:
         )
 
     def _separate(self, url: str, result: FileResult, outputs: list[str]) -> None:
+        with contextlib.ExitStack() as sending:
+            if self.shared:  # from the probe to the last window: a pass may wait for this file
+                sending.enter_context(self.shared.member())
+            self._separate_in(url, result, outputs, sending)
+
+    def _separate_in(
+        self, url: str, result: FileResult, outputs: list[str], sending: contextlib.ExitStack
+    ) -> None:
         job = self.job
         probe = ffmpeg.info if ffmpeg.decodes(url) else audio.info
         header = _bounded(lambda: probe(url), job.read_timeout, url)
@@ -399,7 +417,9 @@ class TrackSeparator:
         hop = config.num_samples - job.padding
         batch = math.ceil(job.batch_size * hop * rate / config.sample_rate)
         block_frames = max(1, round(job.block_seconds * rate), batch)
-        stream = self.bundle.engine(rate, channels, out_rate, job.padding, job.batch_size)
+        stream = self.bundle.engine(
+            rate, channels, out_rate, job.padding, job.batch_size, estimate=self.shared
+        )
         with tempfile.TemporaryDirectory(prefix="separate-", dir=scratch.process_dir()) as tmp:
             stems = [_Spool(os.path.join(tmp, f"{i}.f32"), channels) for i in range(len(outputs))]
             with contextlib.ExitStack() as closing:  # closes every spool, whichever fails
@@ -412,6 +432,7 @@ class TrackSeparator:
                     url,
                 )
                 frames = self._run(stream, blocks, stems)
+                sending.close()
             if frames == 0:
                 raise AudioError(f"{storage.mask_url(url)}: contains no audio frames")
             result.duration_s = frames / rate

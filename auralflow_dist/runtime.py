@@ -12,7 +12,7 @@ from typing import Any
 
 import ray
 
-from auralflow_dist import ray_logs
+from auralflow_dist import idle_executor, ray_logs
 
 # Logical CPUs a local instance announces beyond what training reserves, so that Ray Data's
 # decoding tasks always find a slot (Ray Train excludes its own reservation from Data's budget).
@@ -79,7 +79,8 @@ def _init(**options: Any) -> None:
     the work and the local Ray; Ray's own makes SIGTERM a bare exit), and quieting Ray."""
     main = threading.current_thread() is threading.main_thread()
     handler = signal.getsignal(signal.SIGTERM) if main else None
-    ray.init(**options)
+    idle_executor.install()  # this process iterates datasets too (separation, evaluation)
+    ray.init(runtime_env=idle_executor.RUNTIME_ENV, **options)
     if callable(handler):
         signal.signal(signal.SIGTERM, handler)
     ray_logs.quiet()

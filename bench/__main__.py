@@ -10,6 +10,7 @@ BENCHMARKS = (
     ("bench.separate_throughput", []),
     ("bench.all_stems", []),
     ("bench.shared_batches", []),
+    ("bench.ingest_idle", []),
     ("bench.heap", []),
 )
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from auralflow_dist import storage
+from auralflow_dist import idle_executor, storage
 
 START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 15.0
@@ -276,7 +276,13 @@ def ray_local(s3_server: S3Server) -> Iterator[None]:
     from auralflow_dist import runtime
 
     with runtime.isolated_state_api():  # as the command line starts its local Ray
-        ray.init(address="local", num_cpus=8, include_dashboard=False, configure_logging=False)
+        ray.init(
+            runtime_env=idle_executor.RUNTIME_ENV,
+            address="local",
+            num_cpus=8,
+            include_dashboard=False,
+            configure_logging=False,
+        )
     ray.data.DataContext.get_current().enable_progress_bars = False
     try:
         yield

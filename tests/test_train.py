@@ -174,7 +174,7 @@ FAULT_SCRIPT = textwrap.dedent("""
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
     # 3 CPUs a node: after one is lost, the other still fits 2 workers and a decoding task.
     nodes = [cluster.add_node(num_cpus=3) for _ in range(2)]
-    ray.init(address=cluster.address)
+    ray.init(address=cluster.address, runtime_env=idle_executor.RUNTIME_ENV)
     cluster.wait_for_nodes()
     model = from_dict(ModelConfig, model)
     write_model_config(session, model)

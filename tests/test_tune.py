@@ -23,7 +23,7 @@ import pandas as pd
 import pytest
 import ray
 
-from auralflow_dist import runtime, storage
+from auralflow_dist import idle_executor, runtime, storage
 from auralflow_dist.config import ModelConfig, TrainerConfig, from_dict, replace, to_json
 from auralflow_dist.data.generate import write_dataset
 from auralflow_dist.errors import AuralflowError, ConfigError
@@ -378,7 +378,13 @@ def tune_ray(s3_server) -> Iterator[None]:
         for name, value in env.items():
             mp.setenv(name, value)
         with runtime.isolated_state_api():
-            ray.init(address="local", num_cpus=4, include_dashboard=False, configure_logging=False)
+            ray.init(
+                runtime_env=idle_executor.RUNTIME_ENV,
+                address="local",
+                num_cpus=4,
+                include_dashboard=False,
+                configure_logging=False,
+            )
         try:
             yield
         finally:

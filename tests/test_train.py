@@ -166,6 +166,7 @@ FAULT_SCRIPT = textwrap.dedent("""
     import ray
     from ray.cluster_utils import Cluster
     from ray._private import state
+    from auralflow_dist import idle_executor
     from auralflow_dist.config import ModelConfig, TrainerConfig, from_dict
     from auralflow_dist.session import write_model_config
     from auralflow_dist.train.trainer import train

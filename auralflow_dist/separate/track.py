@@ -391,7 +391,8 @@ class TrackSeparator:
 
     def _separate(self, url: str, result: FileResult, outputs: list[str]) -> None:
         with contextlib.ExitStack() as sending:
-            if self.shared is not None:  # from the probe to the last window: a pass may wait for this file
+            # From the probe to the last window: a pass may wait for this file.
+            if self.shared is not None:
                 sending.enter_context(self.shared.member())
             self._separate_in(url, result, outputs, sending)
 

@@ -154,6 +154,21 @@ def _cmd_tune(args: argparse.Namespace) -> None:
 
 
 def _cmd_make_dataset(args: argparse.Namespace) -> None:
+    misplaced = [
+        flag
+        for flag, value, source in (
+            ("--tracks", args.tracks, "generated"),
+            ("--seed", args.seed, "generated"),
+            ("--midi", args.midi, "midi"),
+            ("--soundfont", args.soundfont, "midi"),
+        )
+        if value is not None and source != args.source
+    ]
+    if misplaced:
+        raise ConfigError("source", f"{args.source} takes no {', '.join(misplaced)}")
+    if args.source == "midi":
+        _make_midi_dataset(args)
+        return
     from auralflow_dist.data.generate import write_dataset
 
     def progress(done: int, total: int) -> None:
@@ -161,14 +176,35 @@ def _cmd_make_dataset(args: argparse.Namespace) -> None:
 
     tracks = write_dataset(
         args.url,
-        tracks=args.tracks,
-        seconds=args.seconds,
-        seed=args.seed,
+        tracks=8 if args.tracks is None else args.tracks,
+        seconds=20.0 if args.seconds is None else args.seconds,
+        seed=0 if args.seed is None else args.seed,
         sample_rate=args.sample_rate,
         fmt=args.format,
         progress=progress,
     )
     print(f"wrote {len(tracks)} tracks under {args.url}")
+
+
+def _make_midi_dataset(args: argparse.Namespace) -> None:
+    from auralflow_dist.data import midi
+
+    seconds = []
+
+    def progress(done: int, total: int, song: midi.RenderedSong) -> None:
+        seconds.append(song.seconds)
+        print(f"rendered {done}/{total}: {song.describe()}", flush=True)
+
+    tracks = midi.write_midi_dataset(
+        args.url,
+        midi_files=args.midi,
+        sample_rate=args.sample_rate,
+        seconds=args.seconds,
+        fmt=args.format,
+        progress=progress,
+        soundfont=args.soundfont or midi.SOUNDFONT,
+    )
+    print(f"wrote {len(tracks)} tracks ({sum(seconds) / 60:.1f} minutes) under {args.url}")
 
 
 def _cmd_download(args: argparse.Namespace) -> None:
@@ -302,11 +338,37 @@ def _parser() -> argparse.ArgumentParser:
     add_arguments(p)
     p.set_defaults(func=_cmd_separate)
 
-    p = sub.add_parser("make-dataset", help="write a generated MUSDB18-HQ-layout dataset")
+    p = sub.add_parser(
+        "make-dataset",
+        help="write a MUSDB18-HQ-layout dataset: generated songs, or MIDI songs rendered by part",
+    )
     p.add_argument("url")
-    p.add_argument("--tracks", type=int, default=8)
-    p.add_argument("--seconds", type=float, default=20.0)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--source",
+        choices=("generated", "midi"),
+        default="generated",
+        help="generated: synthetic songs; midi: General MIDI songs rendered with fluidsynth, "
+        "each stem a group of channels (default: generated)",
+    )
+    p.add_argument("--tracks", type=int, default=None, help="generated: how many (default 8)")
+    p.add_argument(
+        "--seconds",
+        type=float,
+        default=None,
+        help="generated: each track's length (default 20); midi: keep each song's first seconds "
+        "(default: whole songs)",
+    )
+    p.add_argument(
+        "--seed", type=int, default=None, help="generated: the dataset's seed (default 0)"
+    )
+    p.add_argument(
+        "--midi",
+        nargs="+",
+        default=None,
+        metavar="FILE",
+        help="midi: the songs to render (default: Debian's planetblupi-music-midi songs)",
+    )
+    p.add_argument("--soundfont", default=None, help="midi: a GM soundfont (default: FluidR3_GM)")
     p.add_argument("--sample-rate", "--sample_rate", dest="sample_rate", type=int, default=44100)
     p.add_argument("--format", choices=("wav", "flac", "ogg", "mp3"), default="wav")
     p.set_defaults(func=_cmd_make_dataset)

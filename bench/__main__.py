@@ -12,6 +12,7 @@ BENCHMARKS = (
     ("bench.shared_batches", []),
     ("bench.ingest_idle", []),
     ("bench.heap", []),
+    ("bench.peers", []),
 )
 
 if __name__ == "__main__":

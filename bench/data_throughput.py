@@ -10,6 +10,10 @@ Augmentation is off for the comparison (both read mixture and target); the augme
 pipeline delivers at least half the reference's rate. The reference runs with the same heap
 settings (`allocator.tune`) as the pipeline's Ray workers.
 
+Last, what one decode CPU delivers: `decode_chunk` on one thread in this process, chunks per
+CPU-second (``time.process_time``), with and without augmentation, on local disk. A GPU trainer
+at R samples/s needs R / that rate decode CPUs beside its own (docs/benchmarks.md, sizing).
+
     python -m bench.data_throughput [--tracks 6] [--seconds 30] [--chunks 2048] [--s3-chunks 128]
 """
 
@@ -26,10 +30,11 @@ from pathlib import Path
 import pyarrow as pa
 import soundfile as sf
 
-from auralflow_dist import allocator, runtime, storage
+from auralflow_dist import allocator, idle_executor, runtime, storage
 from auralflow_dist.config import ModelConfig, TrainerConfig, from_dict
 from auralflow_dist.data import manifest, pipeline
-from auralflow_dist.data.chunks import draw_epoch
+from auralflow_dist.data.chunks import ChunkDrawer, draw_epoch
+from auralflow_dist.data.decode import DecodeSettings, decode_chunk
 from auralflow_dist.data.generate import write_dataset
 
 FLOOR = 0.5
@@ -103,6 +108,22 @@ def s3_root(workdir: Path) -> Iterator[str | None]:
         server.stop()
 
 
+def decode_per_cpu(
+    table: pa.Table, model: ModelConfig, trainer: TrainerConfig, count: int
+) -> float:
+    """Chunks per CPU-second of `decode_chunk` on this thread: what one decode task's CPU gives."""
+    tracks = manifest.tracks(table, "train")
+    settings = DecodeSettings.from_configs(model, trainer, augment=True).for_tracks(tracks)
+    drawer = ChunkDrawer(tracks, settings.chunk_seconds)
+    specs = [drawer.draw(trainer.optim.seed, 0, i) for i in range(count)]
+    for spec in specs[:8]:  # page cache and first-call costs
+        decode_chunk(drawer, spec, settings)
+    start = time.process_time()
+    for spec in specs:
+        decode_chunk(drawer, spec, settings)
+    return count / (time.process_time() - start)
+
+
 def measure(root: str, chunks: int, args: argparse.Namespace) -> dict[str, float]:
     url = storage.join(root, "ds")
     write_dataset(url, tracks=args.tracks, seconds=args.seconds, seed=0, splits=("train",))
@@ -115,11 +136,16 @@ def measure(root: str, chunks: int, args: argparse.Namespace) -> dict[str, float
     )
     augmented = from_dict(TrainerConfig, base)
     tracks = manifest.tracks(table, "train")
-    return {
+    rates = {
         "raw": raw_loop(tracks, model, plain),
         "pipeline": pipeline_rate(table, model, plain),
         "augmented": pipeline_rate(table, model, augmented),
     }
+    if storage.local_path(url) is not None:
+        count = min(chunks, 512)
+        rates["per_cpu"] = decode_per_cpu(table, model, plain, count)
+        rates["per_cpu_augmented"] = decode_per_cpu(table, model, augmented, count)
+    return rates
 
 
 def main() -> None:
@@ -135,12 +161,14 @@ def main() -> None:
     import ray
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    ray.init(
+    idle_executor.install()
+    ray.init(  # as `runtime.connect`, with this bench's CPUs
         address="local",
         num_cpus=args.cpus,
         include_dashboard=False,
         configure_logging=False,
-        _system_config={"worker_niceness": runtime.WORKER_NICENESS},  # as `runtime.connect`
+        runtime_env=idle_executor.RUNTIME_ENV,
+        _system_config={"worker_niceness": runtime.WORKER_NICENESS},
     )
     ray.data.DataContext.get_current().enable_progress_bars = False
     results = {}
@@ -160,6 +188,11 @@ def main() -> None:
             f"{source:8} {r['raw']:9.1f} {r['pipeline']:9.1f} {r['pipeline'] / r['raw']:6.2f} "
             f"{r['augmented']:10.1f} {r['augmented'] / r['raw']:6.2f}"
         )
+    local = results["local"]
+    print(
+        f"one decode CPU (decode_chunk, local disk): {local['per_cpu']:.1f} chunks per "
+        f"CPU-second plain, {local['per_cpu_augmented']:.1f} augmented"
+    )
     ratio = results["local"]["pipeline"] / results["local"]["raw"]
     verdict = "ok" if ratio >= FLOOR else "BELOW FLOOR"
     print(f"floor: local pipeline >= {FLOOR:.2f} x raw loop: {ratio:.2f} ({verdict})")

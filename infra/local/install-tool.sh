@@ -1,11 +1,19 @@
 #!/usr/bin/env bash
 # Install Debian package PACKAGE where command TOOL is missing:  install-tool.sh TOOL PACKAGE
+# A TOOL with a '/' is a file the package ships (for data packages, which have no command).
 # Nothing is downloaded from anywhere but the distribution's own archive.
 # Exit 0: present or installed; non-zero: cannot install (not root, no apt-get, apt failed).
 set -euo pipefail
 tool=$1 package=$2
 
-if command -v "$tool" >/dev/null 2>&1; then
+present() {
+  case $tool in
+    */*) [ -e "$tool" ] ;;
+    *) command -v "$tool" >/dev/null 2>&1 ;;
+  esac
+}
+
+if present; then
   exit 0
 fi
 if [ "$(id -u)" != 0 ]; then
@@ -20,4 +28,4 @@ fi
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -q
 apt-get install -y -q --no-install-recommends "$package"
-command -v "$tool" >/dev/null 2>&1
+present

@@ -1,0 +1,181 @@
+"""Separation quality on real (sampled) instruments against the oracle mask, on a fixed budget.
+
+The set is Debian's planetblupi MIDI songs rendered part by part with fluidsynth and the
+FluidR3 GM soundfont (`auralflow make-dataset --source midi`, `data/midi.py`), each song cut to
+its first ``--seconds``: 6 train, 1 valid and 3 test songs. For every target this prints, over
+the test songs (medians, as `auralflow test` reports them):
+
+- the mixture's SI-SDR against the target, the oracle's, and the oracle's improvement: the
+  ideal ratio mask |S_t| / sum_j |S_j| on the mixture's STFT with the mixture's phase, at the
+  model's STFT settings: the best a magnitude mask at those settings can do;
+- each model's SI-SDR improvement after training each target alone on the machine (one Ray
+  Train worker with every CPU, or one GPU) for ``--epochs`` epochs of ``--samples`` chunks,
+  one target after another (four CPU workers of the seeds' default model side by side do not
+  fit 24 GB), scored together by `evaluate`, and its ratio to the oracle's improvement.
+
+The training budget is printed as epochs, chunks and wall-clock minutes per target.
+
+    python -m bench.quality [--seconds 240] [--epochs 4] [--samples 128] [--models M ...]
+    python -m bench.quality --device cuda --epochs 40 --samples 1024 --batch-size 32
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import platform
+import statistics
+import time
+
+import torch
+
+from auralflow_dist import storage
+from auralflow_dist.audio.stft import STFT
+from auralflow_dist.config import ModelConfig, TrainerConfig, from_dict
+from auralflow_dist.data import manifest, midi
+from auralflow_dist.data.decode import read_source
+from auralflow_dist.evaluate import EvalConfig, evaluate
+from auralflow_dist.metrics import si_sdr
+from auralflow_dist.runtime import connect
+from auralflow_dist.train.targets import train_targets
+
+TARGETS = ("vocals", "drums", "bass", "other")
+SILENT_DB = -60.0  # a target quieter than this (mean square, dBFS) in a test song is not scored
+DONE = "_rendered"  # a dataset folder with this file is complete and is reused
+
+
+def render(root: str, seconds: float) -> str:
+    """The MIDI set cut to ``seconds``, rendered once per workdir; its manifest's URL."""
+    data = storage.join(root, f"midi-{seconds:g}s")
+    if not storage.exists(storage.join(data, DONE)):
+        start = time.perf_counter()
+        midi.write_midi_dataset(data, seconds=seconds)
+        storage.write_bytes(storage.join(data, DONE), b"")
+        print(f"rendered the MIDI set in {time.perf_counter() - start:.0f} s", flush=True)
+    url, _ = manifest.prepare(data)
+    return url
+
+
+def _stem(track: manifest.Track, name: str) -> torch.Tensor:
+    url = track.mixture_url if name == manifest.MIXTURE else track.stem_url(name)
+    return torch.from_numpy(read_source(track, url, 0, track.frames))
+
+
+def _audible(x: torch.Tensor) -> bool:
+    return 10 * math.log10(float(x.square().mean()) + 1e-20) > SILENT_DB
+
+
+def oracle(manifest_url: str, config: ModelConfig) -> dict[str, dict[str, tuple[float, float]]]:
+    """Per target and test song where the target is audible: the SI-SDR of the mixture and of
+    the ideal ratio mask. A silent target (music009 has no bass part) has no SI-SDR to improve."""
+    table = manifest.read_manifest(manifest_url)
+    stft = STFT(config.num_fft, config.window_size, config.hop_length)
+    scores: dict[str, dict[str, tuple[float, float]]] = {t: {} for t in TARGETS}
+    for track in manifest.tracks(table, "test"):
+        mixture = _stem(track, manifest.MIXTURE)
+        stems = {t: _stem(track, t) for t in TARGETS}
+        with torch.inference_mode():
+            mix_spec = stft(mixture)
+            mags = {t: stft(x).abs() for t, x in stems.items()}
+            total = torch.stack(list(mags.values())).sum(0) + 1e-8
+            for target, reference in stems.items():
+                if not _audible(reference):
+                    continue
+                estimate = stft.inverse(mix_spec * (mags[target] / total), mixture.shape[-1])
+                scores[target][track.name] = (
+                    float(si_sdr(mixture, reference).mean()),
+                    float(si_sdr(estimate, reference).mean()),
+                )
+    return scores
+
+
+def trained(
+    root: str, manifest_url: str, model: ModelConfig, trainer: TrainerConfig
+) -> tuple[dict[str, dict[str, float]], float]:
+    """SI-SDR improvement per target and test song after the budget, and the training minutes
+    per target."""
+    session = storage.join(root, f"session-{model.model_type}-{time.strftime('%H%M%S')}")
+    start = time.perf_counter()
+    for target in TARGETS:
+        (outcome,) = train_targets(session, manifest_url, model, trainer, [target])
+        if outcome.result is None:
+            raise SystemExit(f"training {target} failed: {outcome.error}")
+    minutes = (time.perf_counter() - start) / 60 / len(TARGETS)
+    _, rows = evaluate(EvalConfig(session=session, dataset=manifest_url, workers=1))
+    songs = [r for r in rows if r["track"] not in ("median", "mean")]
+    return {t: {r["track"]: r[f"{t}_si_sdri"] for r in songs} for t in TARGETS}, minutes
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workdir", default=os.path.expanduser("~/.cache/auralflow-quality"))
+    parser.add_argument("--seconds", type=float, default=240.0, help="each song's first seconds")
+    parser.add_argument("--models", nargs="+", default=["SpectrogramNetSimple"])
+    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--samples", type=int, default=128, help="chunks per epoch")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--oracle-only", action="store_true")
+    args = parser.parse_args()
+
+    manifest_url = render(args.workdir, args.seconds)
+    reference = ModelConfig().validate()  # the seeds' STFT settings: every model here shares them
+    ceiling = oracle(manifest_url, reference)
+    gpu = args.device.startswith("cuda")
+    machine = torch.cuda.get_device_name() if gpu else f"{os.cpu_count()} CPUs"
+    print(
+        f"planetblupi MIDI set, songs cut to {args.seconds:g} s, test split medians; "
+        f"STFT {reference.num_fft}/{reference.hop_length}; {platform.node()}, {machine}"
+    )
+    results = {}
+    if not args.oracle_only:
+        trainer = from_dict(
+            TrainerConfig,
+            {
+                "max_epochs": args.epochs,
+                "max_samples": args.samples,
+                "batch_size": args.batch_size,
+                "lr": args.lr,
+                "val_chunks": 16,
+                "num_workers": 2,
+                "gpus_per_worker": 1.0 if gpu else 0.0,
+                "cpus_per_worker": 1 if gpu else os.cpu_count() or 1,
+                "workers_min": 1,
+                "workers_max": 1,
+            },
+        )
+        connect(None, trainer.cluster.cpus_per_worker)
+        for model_type in args.models:
+            model = from_dict(ModelConfig, {"model_type": model_type})
+            results[model_type] = trained(args.workdir, manifest_url, model, trainer)
+        print(
+            f"budget per model: {args.epochs} epochs x {args.samples} chunks of "
+            f"{reference.sample_length:g} s, batch {args.batch_size}, lr {args.lr:g}, "
+            "one target at a time, one worker"
+        )
+    header = "| target | mixture SI-SDR | oracle SI-SDR | oracle SI-SDRi |"
+    rule = "|---|---|---|---|"
+    for model_type, (_, minutes) in results.items():
+        header += f" {model_type} SI-SDRi ({minutes:.1f} min/target) | of oracle |"
+        rule += "---|---|"
+    print(header)
+    print(rule)
+    for target in TARGETS:
+        songs = ceiling[target]  # the songs where the target is audible
+        mixture = statistics.median(m for m, _ in songs.values())
+        best = statistics.median(o for _, o in songs.values())
+        gain = statistics.median(o - m for m, o in songs.values())
+        line = (
+            f"| {target} ({len(songs)} songs) | {mixture:+.2f} dB | {best:+.2f} dB "
+            f"| {gain:+.2f} dB |"
+        )
+        for improvements, _ in results.values():
+            ours = statistics.median(improvements[target][name] for name in songs)
+            line += f" {ours:+.2f} dB | {ours / gain:.0%} |"
+        print(line)
+
+
+if __name__ == "__main__":
+    main()

@@ -2,7 +2,7 @@
 
 A local instance's processes (GCS, raylet, dashboard and agents, log monitor, workers) are all
 descendants of the driver that started it, so this samples the driver's process tree every
-``interval`` seconds with psutil. A worker's title changes with the task it runs (``ray::IDLE``
+``interval`` seconds from /proc (Linux). A worker's title changes with the task it runs (``ray::IDLE``
 between tasks), so each is named by the title it showed most often while busy. ``work``
 patterns name the processes doing the job's own work (the training worker, decode tasks, the
 separation actor); the driver (this process: the job's driver code and this sampler) is shown
@@ -18,21 +18,52 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-import psutil
-
 IDLE = "ray::IDLE"
 DRIVER = "driver (this process)"
 
 
-def _title(process: psutil.Process) -> str:
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _stat(pid: int) -> tuple[int, float]:
+    """Parent pid and CPU seconds (user + system) of ``pid``."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[1]), (int(fields[11]) + int(fields[12])) / _TICK
+
+
+def _title(pid: int) -> str:
     """``ray::Actor.method`` for a worker, else the program or script the process runs."""
-    command = process.cmdline()
+    with open(f"/proc/{pid}/cmdline", "rb") as f:
+        command = [a.decode(errors="replace") for a in f.read().split(b"\0") if a]
     if not command:
-        return process.name()
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
     if command[0].startswith("ray::"):
         return command[0].split()[0]
     scripts = [os.path.basename(arg) for arg in command if arg.endswith(".py")]
     return scripts[0] if scripts else os.path.basename(command[0])
+
+
+def _tree(root: int) -> dict[int, float]:
+    """CPU seconds of ``root`` and of every live descendant."""
+    stats = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stats[int(entry)] = _stat(int(entry))
+            except (OSError, IndexError, ValueError):
+                continue  # gone since the listing
+    children: dict[int, list[int]] = {}
+    for pid, (parent, _) in stats.items():
+        children.setdefault(parent, []).append(pid)
+    found, todo = {}, [root]
+    while todo:
+        pid = todo.pop()
+        if pid in stats:
+            found[pid] = stats[pid][1]
+            todo += children.get(pid, [])
+    return found
 
 
 @dataclass
@@ -112,21 +143,17 @@ class RayProcessCPU:
             self._sample_locked()
 
     def _sample_locked(self) -> None:
-        root = psutil.Process()
-        for process in (root, *root.children(recursive=True)):
+        root = os.getpid()
+        for pid, cpu in _tree(root).items():
             try:
-                with process.oneshot():
-                    title = _title(process)
-                    times = process.cpu_times()
-            except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+                title = DRIVER if pid == root else _title(pid)
+            except OSError:
                 continue
-            seen = self._seen.setdefault(process.pid, _Seen())
+            seen = self._seen.setdefault(pid, _Seen())
             seen.titles[title] += 1
-            seen.last = times.user + times.system
+            seen.last = cpu
             if seen.first is None and self._opened is not None:
                 seen.first = seen.last
-        if self._seen.get(root.pid):
-            self._seen[root.pid].titles = Counter({DRIVER: 1})
 
     def shares(self) -> list[ProcessShare]:
         """Each process's share of a core over the window, largest first."""

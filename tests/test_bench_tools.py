@@ -28,3 +28,33 @@ def test_gpu_utilization_samples_nothing_on_cpu() -> None:
     with UtilizationSampler("cpu", interval_s=0.01) as sampler:
         pass
     assert sampler.samples == [] and sampler.describe() == ""
+
+
+def test_ray_process_cpu_counts_each_descendant_over_the_window_and_names_the_work(
+    tmp_path,
+) -> None:
+    """A child burning a core through the window reads near 1 core, named by its script and
+    counted as work; a sleeping one near 0, as Ray's own."""
+    import subprocess
+    import sys
+    import time
+
+    from bench.ray_processes import RayProcessCPU
+
+    script = tmp_path / "busy_work.py"
+    script.write_text("import time\nend = time.time() + 4\nwhile time.time() < end: pass\n")
+    busy = subprocess.Popen([sys.executable, str(script)])
+    idle = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(4)"])
+    try:
+        with RayProcessCPU(work=["busy_work.py"], interval=0.2) as processes:
+            time.sleep(1.0)
+            processes.open_window()
+            time.sleep(2.0)
+        shares = {row.pid: row for row in processes.shares()}
+    finally:
+        busy.wait()
+        idle.wait()
+    assert shares[busy.pid].work and shares[busy.pid].name == "busy_work.py"
+    assert shares[busy.pid].cores > 0.5
+    assert shares[idle.pid].cores < 0.05 and not shares[idle.pid].work
+    assert "Ray's own processes" in processes.report()

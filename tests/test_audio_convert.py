@@ -119,3 +119,16 @@ def test_kernel_size_is_torchaudios(orig, new):
 def test_rates_must_be_positive():
     with pytest.raises(AudioError, match="positive"):
         check_resampling(0, 44100)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int16])
+def test_mono_of_interleaved_frames_is_the_channels_mean_in_meaning_dtype(dtype) -> None:
+    """Decoding hands over (channels, frames) views of interleaved frames; the fast downmix must
+    equal numpy's mean there, dtype included, and never return the caller's memory."""
+    frames = (np.random.default_rng(0).standard_normal((2, 3000, 3)) * 1000).astype(dtype)
+    view = frames.transpose(0, 2, 1)  # (batch, channels, frames), not contiguous
+    mono = to_channels(view, 1)
+    expected = view.mean(-2, keepdims=True)
+    assert mono.dtype == expected.dtype and mono.shape == (2, 1, 3000)
+    np.testing.assert_allclose(mono, expected, rtol=1e-6)
+    assert not np.shares_memory(mono, frames)

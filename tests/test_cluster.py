@@ -303,3 +303,26 @@ def test_no_credentials_in_cluster_or_infra_files() -> None:
         text = path.read_text(errors="replace")
         for pattern in SECRET_PATTERNS:
             assert not pattern.search(text), f"{path.relative_to(REPO)} matches {pattern.pattern}"
+
+
+# One CPU for the training worker's loop and at least two decoding: an H100's ~160 samples/s
+# against 130-180 augmented chunks per decode CPU-second (docs/benchmarks.md, "CPUs per GPU").
+MIN_CPUS_PER_GPU = 4
+
+
+@pytest.mark.parametrize("name", ["aws.yaml", "gcp.yaml"])
+def test_launcher_gpu_nodes_have_the_cpus_their_gpus_need(name: str) -> None:
+    nodes = load(CLUSTER / name)["available_node_types"].values()
+    gpu_nodes = [n["resources"] for n in nodes if n["resources"].get("GPU")]
+    assert gpu_nodes
+    for resources in gpu_nodes:
+        assert resources["CPU"] / resources["GPU"] >= MIN_CPUS_PER_GPU, resources
+
+
+def test_raycluster_gpu_pods_have_the_cpus_their_gpus_need() -> None:
+    groups = raycluster()["spec"]["workerGroupSpecs"]
+    for group in groups:
+        (container,) = group["template"]["spec"]["containers"]
+        requests = container["resources"]["requests"]
+        gpus = int(requests["nvidia.com/gpu"])
+        assert int(requests["cpu"]) / gpus >= MIN_CPUS_PER_GPU, group["groupName"]

@@ -21,6 +21,7 @@ from auralflow_dist.config import ModelConfig, TrainerConfig
 from auralflow_dist.data.manifest import MIXTURE, load_manifest
 from auralflow_dist.errors import AuralflowError, ConfigError
 from auralflow_dist.session import write_model_config
+from auralflow_dist.train import memory
 from auralflow_dist.train.trainer import TrainResult, train
 
 ALL = "all"
@@ -86,6 +87,7 @@ def train_targets(
     init_weights: str | None = None,
 ) -> list[TargetOutcome]:
     """Train one model per target into ``session/<target>/``, all at once; see the module doc."""
+    _check_memory_together(model_config, trainer, len(targets))
     session, dataset_url = storage.absolute(session), storage.absolute(dataset_url)
     outcomes = {t: TargetOutcome(t, storage.join(session, t)) for t in targets}
     running = {}
@@ -107,7 +109,8 @@ def train_targets(
             init_weights,
         )
         running[ref] = target
-    echo(f"[train] {len(targets)} target(s) side by side: {', '.join(targets)}")
+    if len(targets) > 1:
+        echo(f"[train] {len(targets)} targets side by side: {', '.join(targets)}")
     while running:
         (ref,), _ = ray.wait(list(running), num_returns=1)
         outcome = outcomes[running.pop(ref)]
@@ -118,6 +121,23 @@ def train_targets(
             outcome.error = _one_line(err)
             echo(f"[train {outcome.target}] failed: {outcome.error}")
     return [outcomes[t] for t in targets]
+
+
+def _check_memory_together(model_config: ModelConfig, trainer: TrainerConfig, runs: int) -> None:
+    """Each run checks that its own workers fit; side by side they share the node. Four CPU
+    workers of the seeds' default model at batch 8 (6 GB each) filled a 24 GB machine, and Ray
+    killed and retried them without end; refused here in a line instead."""
+    if runs < 2:
+        return
+    cluster = dataclasses.replace(trainer.cluster, workers_max=runs * trainer.cluster.workers_max)
+    try:
+        memory.check(model_config, dataclasses.replace(trainer, cluster=cluster))
+    except ConfigError as err:
+        raise ConfigError(
+            "targets",
+            f"{runs} targets train side by side, so {err.reason}; or train fewer "
+            "--targets at a time",
+        ) from None
 
 
 def _one_line(err: BaseException) -> str:

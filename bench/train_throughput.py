@@ -9,12 +9,12 @@ process tuned on its main thread, Ray's workers from exec on), and both are time
 spent waiting for data, the CPU of every Ray process over the timed epochs (`ray_processes`),
 and on a GPU its mean utilisation (`gpu_utilization`).
 
-The default material is real-length: 6 songs of 3 to 5 minutes, and Ray Data's object-store
-budget held to ``--budget-blocks`` decode blocks, smaller than an epoch, so the trainer holds
-the executor back for most of the epoch as it does on a CPU trainer with a full-size epoch
-(issue 19). ``--short`` is the earlier case: 6 songs of 20 s, Ray's default budget. Floors on a
-2-core CPU machine: Ray Train with one worker >= 0.9x the plain loop, data wait < 5%, Ray's own
-processes < 0.1 core together.
+The default material is real-length: five training songs of 3 to 4.6 minutes and a
+validation song, and Ray Data's object-store budget held to ``--budget-blocks`` decode blocks,
+smaller than an epoch, so the trainer holds the executor back for most of the epoch as it does
+on a CPU trainer with a full-size epoch (issue 19). ``--short`` is the earlier case: the same
+six songs at 20 s, Ray's default budget. Floors on a 2-core CPU machine: Ray Train with one
+worker >= 0.9x the plain loop, data wait < 5%, Ray's own processes < 0.1 core together.
 
     python -m bench.train_throughput [--epochs 3] [--samples 128] [--short] [--device cuda --amp]
     python -m bench.train_throughput --plain-only --device cuda --amp   # a GPU without Ray

@@ -439,6 +439,9 @@ class OptimConfig:
     """Optimisation and the loss."""
 
     max_epochs: int = option(100, "epochs to train")
+    max_minutes: float | None = option(
+        None, "stop after the epoch that passes this many minutes of training (all runs of it)"
+    )
     lr: float = option(0.01, "learning rate")
     lr_lstm: float = option(1e-5, "learning rate of LSTM bottleneck parameters")
     criterion: str = option("si_sdr", "loss: " + " | ".join(CRITERIA))
@@ -465,6 +468,7 @@ class OptimConfig:
 
     def validate(self) -> OptimConfig:
         _positive(self, "max_epochs", "lr", "lr_lstm", "max_grad_norm", "init_scale")
+        require(self.max_minutes is None or self.max_minutes > 0, "max_minutes", "must be positive")
         _not_negative(self, "stop_patience", "max_plateaus", "min_delta", "seed")
         self.criterion = criterion_name(self.criterion)
         check_reduction(self.reduction)

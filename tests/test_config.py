@@ -150,7 +150,7 @@ def test_replace_takes_flat_names_and_validates():
 
 def test_field_names_are_unique_across_sections():
     names = list(cfg.leaves(cfg.TrainerConfig))
-    assert len(names) == len(set(names)) == 56
+    assert len(names) == len(set(names)) == 57
 
 
 @pytest.mark.parametrize(

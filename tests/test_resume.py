@@ -1,4 +1,5 @@
-"""Exact resume: 2 epochs straight equal 1 epoch, a resume and 1 more, weight for weight.
+"""Exact resume: 2 epochs straight equal 1 epoch (ended by the minutes budget), a resume and 1
+more, weight for weight.
 
 On one training worker: with more, `streaming_split` hands blocks to whichever rank asks first,
 so even two uninterrupted runs differ in which rank trains on which chunks (an epoch's chunks
@@ -71,8 +72,15 @@ def test_a_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(tmp_path, d
     # warnings, while the checkpoint is reported and the run resumes from it.
     for blocked in ("spectrogram", "runs"):
         storage.write_bytes(storage.join(stopped, blocked), b"not a folder")
-    first = _run(stopped, dataset, max_epochs=1, tensorboard=True, view_epoch=True)
-    assert LoopState(**sessions.read_state(_checkpoint(stopped, 1))).epoch == 1
+    # The minutes budget stops this run after its first epoch (which passes 6 ms).
+    first = _run(
+        stopped, dataset, max_epochs=2, max_minutes=1e-4, tensorboard=True, view_epoch=True
+    )
+    assert first.epochs == 1 and first.metrics["out_of_time"]
+    assert "(the --max-minutes budget)" in first.summary()
+    assert b'"out_of_time"' in storage.read_bytes(storage.join(stopped, "train_status.json"))
+    spent = LoopState(**sessions.read_state(_checkpoint(stopped, 1)))
+    assert spent.epoch == 1 and spent.train_seconds > 6e-3
     resumed = _run(stopped, dataset, resume=True, max_epochs=2)
     assert first.run == resumed.run  # the same Ray Train run continued
     assert resumed.epochs == 2
@@ -89,6 +97,7 @@ def test_a_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(tmp_path, d
     )
     # The best score carried over the resume, and best/ holds the checkpoint that records it.
     final = LoopState(**sessions.read_state(_checkpoint(stopped, 2)))
+    assert final.train_seconds > spent.train_seconds  # the budget counts over resumes
     assert resumed.best_val_loss == pytest.approx(min(h["val_loss"] for h in final.history))
     best = final.best_epoch
     best_weights = _weights(storage.join(stopped, sessions.BEST))

@@ -55,6 +55,20 @@ def _barrier() -> None:
         dist.barrier()
 
 
+def _slowest(seconds: float, device: torch.device) -> float:
+    """The slowest rank's time: every rank then counts the same budget and stops together."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return seconds
+    tensor = torch.tensor([seconds], dtype=torch.float64, device=device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return float(tensor.item())
+
+
+def _out_of_time(trainer: TrainerConfig, loop: ckpt_state.LoopState) -> bool:
+    budget = trainer.optim.max_minutes
+    return budget is not None and loop.train_seconds >= budget * 60
+
+
 def seed_epoch(seed: int, epoch: int, rank: int) -> int:
     """Seed torch (every device), numpy and ``random`` for ``epoch`` on ``rank``; the seed."""
     value = int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1)[0])
@@ -218,12 +232,14 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     train_shard = ray.train.get_dataset_shard("train")
     val_shard = ray.train.get_dataset_shard("val")
     stop, metrics = False, {"epoch": loop.epoch, "global_step": loop.global_step}
-    while loop.epoch < trainer.optim.max_epochs:
+    out_of_time = _out_of_time(trainer, loop)
+    while loop.epoch < trainer.optim.max_epochs and not out_of_time:
         epoch = loop.epoch + 1
         if rank == 0:
             ray.get(clock.set.remote(epoch))
         _barrier()
         shuffle_seed = seed_epoch(trainer.optim.seed, epoch, rank)
+        epoch_start = time.perf_counter()
         if reporter is not None:
             reporter.start_epoch(epoch, steps_per_epoch(trainer, world))
         metrics = _train_epoch(model, train_shard, trainer, reporter, loop, shuffle_seed)
@@ -243,12 +259,19 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             ray.train.report(metrics)
             return
         stop = model.scheduler_step(metrics["val_loss"])
+        loop.train_seconds += _slowest(time.perf_counter() - epoch_start, device)
+        out_of_time = _out_of_time(trainer, loop)
+        stop = stop or out_of_time
         improved = metrics["val_loss"] < loop.best_val_loss
         if improved:
             loop.best_val_loss, loop.best_epoch = metrics["val_loss"], epoch
         loop.epoch = epoch
         metrics.update(
-            best_val_loss=loop.best_val_loss, best_epoch=loop.best_epoch, stopped_early=stop
+            best_val_loss=loop.best_val_loss,
+            best_epoch=loop.best_epoch,
+            stopped_early=stop,
+            out_of_time=out_of_time,
+            train_minutes=loop.train_seconds / 60,
         )
         loop.history.append({k: v for k, v in metrics.items() if isinstance(v, int | float)})
         with tempfile.TemporaryDirectory() as tmp:
@@ -268,7 +291,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         if stop:
             break
     if rank == 0:
-        write_status(session, "stopped_early" if stop else "finished", metrics)
+        state = "out_of_time" if out_of_time else "stopped_early" if stop else "finished"
+        write_status(session, state, metrics)
     if reporter is not None:
         reporter.close(loop.epoch)
 

@@ -179,7 +179,7 @@ class EpochReporter:
             f"loss {m['train_loss']:.4f}  val {m['val_loss']:.4f}  "
             f"val SI-SDR {m['val_si_sdr']:+.2f} dB (mixture {m['val_si_sdr_mixture']:+.2f})  "
             f"{m['samples_per_s']:.1f} samples/s  data wait {100 * m['data_wait_share']:.0f}%  "
-            f"lr {m['lr']:.2e}",
+            f"lr {m['lr']:.2e}{_budget(m, self.trainer.optim.max_minutes)}",
             flush=True,
         )
 
@@ -277,6 +277,11 @@ class EpochReporter:
         if self.writer is not None:
             _attempt(epoch, "TensorBoard logs", self._sync_tensorboard)
             shutil.rmtree(self._tb_dir, ignore_errors=True)
+
+
+def _budget(metrics: dict[str, Any], minutes: float | None) -> str:
+    """The --max-minutes budget spent, where there is one."""
+    return "" if minutes is None else f"  {metrics['train_minutes']:.1f}/{minutes:g} min"
 
 
 def _attempt(epoch: int, what: str, write: Callable[..., None], *args: Any) -> None:

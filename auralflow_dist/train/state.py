@@ -21,6 +21,7 @@ class LoopState:
     global_step: int = 0
     best_val_loss: float = float("inf")
     best_epoch: int = 0
+    train_seconds: float = 0.0  # wall-clock of the epochs completed, over every run (max_minutes)
     history: list[dict[str, Any]] = field(default_factory=list)
 
 

@@ -55,7 +55,9 @@ class TrainResult:
     def summary(self) -> str:
         m = self.metrics
         return (
-            f"trained {self.epochs} epoch(s); best epoch {self.best_epoch} "
+            f"trained {self.epochs} epoch(s) in {m.get('train_minutes', 0.0):.1f} min"
+            f"{' (the --max-minutes budget)' if m.get('out_of_time') else ''}; "
+            f"best epoch {self.best_epoch} "
             f"(val loss {self.best_val_loss:.4f}); last val SI-SDR "
             f"{m.get('val_si_sdr', float('nan')):+.2f} dB vs mixture "
             f"{m.get('val_si_sdr_mixture', float('nan')):+.2f} dB; "

@@ -12,12 +12,12 @@ import threading
 from collections.abc import Callable, Sequence
 
 from auralflow_dist import config as cfg
-from auralflow_dist import flags
+from auralflow_dist import flags, presets
 from auralflow_dist.errors import AuralflowError, ConfigError
 
 
 def _cmd_config(args: argparse.Namespace) -> None:
-    from auralflow_dist.session import write_model_config
+    from auralflow_dist.session import write_configs, write_model_config
 
     values = flags.given(args, cfg.ModelConfig)
     chosen = [t for t in cfg.MUSDB_TARGETS if getattr(args, f"target_{t}")]
@@ -25,9 +25,13 @@ def _cmd_config(args: argparse.Namespace) -> None:
         raise ConfigError("target", "choose one target")
     if chosen:
         values["target"] = chosen[0]
-    model_config = cfg.from_dict(cfg.ModelConfig, values)
-    path = write_model_config(args.save, model_config, overwrite=args.overwrite)
-    print(f"wrote {path}")
+    if args.preset:
+        model_config, trainer_config = presets.apply(args.preset, values)
+        paths = write_configs(args.save, model_config, trainer_config, overwrite=args.overwrite)
+        print(f"wrote {' and '.join(paths)} (preset {args.preset})")
+    else:
+        model_config = cfg.from_dict(cfg.ModelConfig, values)
+        print(f"wrote {write_model_config(args.save, model_config, overwrite=args.overwrite)}")
     if args.display:
         from auralflow_dist.models import count_parameters
         from auralflow_dist.models.registry import build_network
@@ -276,6 +280,14 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument(
             f"--{target}", dest=f"target_{target}", action="store_true", help=f"isolate {target}"
         )
+    p.add_argument(
+        "--preset",
+        choices=presets.names(),
+        default=None,
+        help="write a measured recipe's model.json and trainer.json; other flags override it ("
+        + "; ".join(f"{n}: {p.summary}" for n, p in presets.PRESETS.items())
+        + ")",
+    )
     flags.add_dataclass_flags(p, cfg.ModelConfig)
     p.set_defaults(func=_cmd_config)
 

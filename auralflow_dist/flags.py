@@ -67,6 +67,8 @@ def add_dataclass_flags(parser: argparse.ArgumentParser, cls: type) -> None:
         plain = str if "parse" in meta else _base_type(kind)
         convert = plain if plain in (int, float) else None  # None: argparse's str
         if meta.get("positional"):
+            if f.default is not dataclasses.MISSING:  # optional: a preset or the default fills it
+                common.update(nargs="?", default=None)
             parser.add_argument(dest, type=convert, **common)
             continue
         spellings = [s for n in (dest, *meta.get("aliases", ())) for s in (flag_name(n), "--" + n)]

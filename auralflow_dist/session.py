@@ -49,15 +49,30 @@ BEST = "best"
 
 def write_model_config(directory: str, config: ModelConfig, overwrite: bool = False) -> str:
     """Write ``model.json``; an existing, different one is kept unless ``overwrite``."""
-    url = storage.join(directory, MODEL_JSON)
-    text = to_json(config)
-    if storage.exists(url) and not overwrite:
-        if storage.read_bytes(url).decode() == text:
-            return url
-        raise AuralflowError(
-            f"{url} already exists with another config; "
-            "pass --overwrite to replace it (nothing else is touched)"
-        )
+    return _write_new(storage.join(directory, MODEL_JSON), to_json(config), overwrite)
+
+
+def write_configs(
+    directory: str, model: ModelConfig, trainer: TrainerConfig, overwrite: bool = False
+) -> list[str]:
+    """Write ``model.json`` and ``trainer.json`` (a preset), both or, on a conflict, neither."""
+    files = {MODEL_JSON: to_json(model), TRAINER_JSON: to_json(trainer)}
+    for name, text in files.items():
+        _check_new(storage.join(directory, name), text, overwrite)
+    return [_write_new(storage.join(directory, n), t, overwrite) for n, t in files.items()]
+
+
+def _check_new(url: str, text: str, overwrite: bool) -> None:
+    if overwrite or not storage.exists(url) or storage.read_bytes(url).decode() == text:
+        return
+    raise AuralflowError(
+        f"{url} already exists with another config; "
+        "pass --overwrite to replace it (nothing else is touched)"
+    )
+
+
+def _write_new(url: str, text: str, overwrite: bool) -> str:
+    _check_new(url, text, overwrite)
     storage.write_bytes(url, text.encode())
     return url
 
@@ -75,6 +90,7 @@ def read_model_config(directory: str) -> ModelConfig:
 
 
 def write_trainer_config(directory: str, config: TrainerConfig) -> str:
+    """Record a run's settings: ``train`` reads them back as its defaults next time."""
     url = storage.join(directory, TRAINER_JSON)
     storage.write_bytes(url, to_json(config).encode())
     return url

@@ -218,3 +218,37 @@ def test_building_the_parser_does_not_import_torch():
     code = "import sys, auralflow_dist.cli as c; c._parser(); print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_config_preset_writes_both_configs_and_flags_override_it(tmp_path, capsys):
+    from auralflow_dist.presets import PRESETS
+
+    session = tmp_path / "fast"
+    assert run("config", "--preset", "fast-cpu", "--save", str(session), "--bass") == 0
+    preset = PRESETS["fast-cpu"]
+    model = json.loads((session / "model.json").read_text())
+    trainer = json.loads((session / "trainer.json").read_text())
+    assert model["target"] == "bass"
+    assert all(model[k] == v for k, v in preset.model.items())
+    assert all(trainer[k] == v for k, v in preset.trainer.items())
+    # `train` starts from the preset's trainer.json; its own flags still win.
+    args = _parser().parse_args(["train", str(session), "data", "--lr", "0.5"])
+    assert _trainer_config(args).optim.lr == 0.5
+    assert _trainer_config(args).data.batch_size == trainer["batch_size"]
+    assert "preset fast-cpu" in capsys.readouterr().out
+
+    # A flag beside the preset overrides it; another preset over the folder refuses to
+    # replace either file, and writes neither.
+    other = tmp_path / "mine"
+    assert run("config", "--preset", "fast-cpu", "--save", str(other), "--hidden-size", "64") == 0
+    assert json.loads((other / "model.json").read_text())["hidden_size"] == 64
+    before = {p.name: p.read_text() for p in other.iterdir()}
+    assert run("config", "--preset", "seeds", "--save", str(other)) == 2
+    assert {p.name: p.read_text() for p in other.iterdir()} == before
+    assert "already exists with another config" in capsys.readouterr().err
+
+
+def test_config_without_a_model_type_writes_the_default(tmp_path):
+    assert run("config", "--save", str(tmp_path / "s")) == 0
+    model = json.loads((tmp_path / "s" / "model.json").read_text())
+    assert model["model_type"] == cfg.ModelConfig().model_type

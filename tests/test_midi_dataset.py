@@ -16,7 +16,7 @@ from auralflow_dist.errors import ConfigError
 
 RATE = 44100
 DIVISION = 480  # ticks per quarter note; 120 bpm, so 960 ticks a second
-SONG = "/usr/share/planetblupi/music/music007.mid"  # all four groups play from the first beat
+SONG = "/usr/share/planetblupi/music/music005.mid"  # all four groups play from the first beat
 
 needs_fluidsynth = pytest.mark.skipif(
     shutil.which("fluidsynth") is None or not os.path.isfile(midi.SOUNDFONT),
@@ -64,7 +64,7 @@ TEMPO = [
 PARTS = {
     "drums": [*_notes(9, [36, 42, 38, 42] * 2), (3840, EOT)],
     "bass": [(0, b"\xc1\x21"), (0, b"\xb1\x07\x64"), *_notes(1, [36, 43, 41, 38] * 2), (3840, EOT)],
-    "lead": [(0, b"\xc2\x49"), *_notes(2, [72, 74, 76, 79, 77, 76, 74, 72]), (3840, EOT)],
+    "lead": [(0, b"\xc2\x50"), *_notes(2, [72, 74, 76, 79, 77, 76, 74, 72]), (3840, EOT)],
     "pad": [(0, b"\xc3\x30"), *_notes(3, [48, 52, 55, 53], beats=1.0), (3840, EOT)],
 }
 
@@ -100,29 +100,31 @@ def test_reader_rejects_broken_files():
         midi.read_midi(b"RIFF" + data)
 
 
-def test_channels_go_to_stems_by_the_rules():
+def test_channels_go_to_stems_by_their_sound():
     song = midi.read_midi(_smf("drums", "bass", "lead", "pad"))
     channels = midi.assign_channels(song)
     assert [(c.channel, c.stem, c.program, c.notes) for c in channels] == [
         (1, "bass", 33, 8),
-        (2, "vocals", 73, 8),
+        (2, "vocals", 80, 8),  # GM 81, square lead
         (3, "other", 48, 4),
         (9, "drums", 0, 8),
     ]
-    # No channel at or above middle C: the highest-pitched melodic channel leads.
-    low = midi.read_midi(_smf("bass", "pad"))
-    assert {c.channel: c.stem for c in midi.assign_channels(low)} == {1: "bass", 3: "vocals"}
-    # Two candidate leads: the busier wins; at equal counts, the lower channel.
-    busy = midi.MidiFile(
-        0,
-        DIVISION,
-        (tuple(sorted(_notes(4, [60] * 3) + _notes(5, [90] * 5) + _notes(6, [90] * 5))),),
-    )
-    assert {c.channel: c.stem for c in midi.assign_channels(busy)} == {
-        4: "other",
-        5: "vocals",
-        6: "other",
+    # Every voice or lead is vocals, whatever it plays; a flute is other, however high; a song
+    # with neither has silent vocals.
+    programs = {4: 0x35, 5: 0x49, 6: 0x57}  # GM 54 voice oohs, 74 flute, 88 bass + lead
+    parts = [
+        e
+        for ch, program in programs.items()
+        for e in [(0, bytes([0xC0 | ch, program])), *_notes(ch, [90 if ch == 5 else 50] * 3)]
+    ]
+    mixed = midi.MidiFile(0, DIVISION, (tuple(sorted(parts)),))
+    assert {c.channel: c.stem for c in midi.assign_channels(mixed)} == {
+        4: "vocals",
+        5: "other",
+        6: "vocals",
     }
+    instrumental = midi.read_midi(_smf("bass", "pad"))
+    assert "vocals" not in {c.stem for c in midi.assign_channels(instrumental)}
 
 
 def test_parts_and_cuts_keep_the_songs_structure():
@@ -209,11 +211,11 @@ def test_renders_the_start_of_a_real_song(tmp_path):
     songs = []
     (url,) = midi.write_midi_dataset(
         str(tmp_path),
-        {"Planetblupi music007": SONG},
+        {"Planetblupi music005": SONG},
         seconds=5.0,
         progress=lambda *a: songs.append(a[2]),
     )
-    assert url == f"{tmp_path}/train/Planetblupi music007"
+    assert url == f"{tmp_path}/train/Planetblupi music005"
     assert {c.stem for c in songs[0].channels} == set(STEMS)
     track = _read_track(url)
     assert track["mixture"].shape[0] == 5 * RATE

@@ -35,7 +35,11 @@ SONGS = "/usr/share/planetblupi/music"  # Debian's planetblupi-music-midi
 SPLITS = ("train", "valid", "test")
 DRUM_CHANNEL = 9  # channel 10, 0-based
 BASS_PROGRAMS = range(32, 40)  # GM 33-40 (acoustic to synth bass), 0-based
-LEAD_PITCH = 60  # a lead melody's median note-on pitch is at least middle C
+# GM 53-55 (choir, voice oohs, synth voice) and 81-88 (the synth leads), 0-based: the parts that
+# sound like a singer. A separator learns a stem by its sound, so a stem must be one family of
+# sounds in every song (a role such as "the lead melody" made a brass section and a woodblock
+# the test songs' vocals, a sound no training song's vocals had).
+VOICE_PROGRAMS = (*range(52, 55), *range(80, 88))
 
 _PCM_STEP = 1.0 / 32768.0  # soundfile decodes 16-bit PCM as n / 32768
 _PEAK = 0.9 - 2 * _PCM_STEP  # quantising four stems moves the mixture by at most 4 half-steps
@@ -232,10 +236,10 @@ class Channel:
 def assign_channels(midi: MidiFile) -> tuple[Channel, ...]:
     """Every channel that plays a note, in channel order, with its stem.
 
-    Channel 10 is ``drums``; a channel whose program is a GM bass (33-40) is ``bass``; of the rest,
-    ``vocals`` is the busiest whose median pitch is at least middle C (else the highest-pitched),
-    since a song's lead melody is what a singer would carry; every other channel is ``other``.
-    Ties go to the lower channel, so the same file always splits the same way.
+    By the sound of the channel's first program, as MUSDB groups a song's instruments: channel 10
+    is ``drums``, a GM bass (33-40) is ``bass``, a GM voice or synth lead (`VOICE_PROGRAMS`) is
+    ``vocals``, and every other channel is ``other``. A song without a voice or lead has silent
+    vocals, as instrumentals do in MUSDB.
     """
     programs: dict[int, tuple[int, int]] = {}  # channel: (tick, program) of its first change
     pitches: dict[int, list[int]] = {}
@@ -246,20 +250,18 @@ def assign_channels(midi: MidiFile) -> tuple[Channel, ...]:
                 programs[channel] = (tick, event[1])
             elif kind == 0x90 and event[2] > 0:
                 pitches.setdefault(channel, []).append(event[1])
-    program = {ch: programs[ch][1] if ch in programs else 0 for ch in pitches}
-    median = {ch: float(statistics.median(notes)) for ch, notes in pitches.items()}
-    stem = {DRUM_CHANNEL: "drums"} if DRUM_CHANNEL in pitches else {}
-    stem |= {ch: "bass" for ch in pitches if ch not in stem and program[ch] in BASS_PROGRAMS}
-    melodic = sorted(ch for ch in pitches if ch not in stem)
-    leads = [ch for ch in melodic if median[ch] >= LEAD_PITCH]
-    if leads:
-        stem[max(leads, key=lambda ch: (len(pitches[ch]), -ch))] = "vocals"
-    elif melodic:
-        stem[max(melodic, key=lambda ch: (median[ch], -ch))] = "vocals"
-    return tuple(
-        Channel(ch, program[ch], len(pitches[ch]), median[ch], stem.get(ch, "other"))
-        for ch in sorted(pitches)
-    )
+    channels = []
+    for ch in sorted(pitches):
+        program = programs[ch][1] if ch in programs else 0
+        if ch == DRUM_CHANNEL:
+            stem = "drums"
+        elif program in BASS_PROGRAMS:
+            stem = "bass"
+        else:
+            stem = "vocals" if program in VOICE_PROGRAMS else "other"
+        notes = pitches[ch]
+        channels.append(Channel(ch, program, len(notes), float(statistics.median(notes)), stem))
+    return tuple(channels)
 
 
 def select_channels(midi: MidiFile, channels: set[int]) -> MidiFile:

@@ -15,7 +15,8 @@ stems), in columns named ``<stem>_<metric>``:
 
 With several targets, ``average_<metric>`` is the mean over the targets (not the residual): the
 four-stem average MUSDB18 results are quoted in. Median and mean rows follow the tracks (SiSEC
-reports medians).
+reports medians). A stem silent in a track (vocals in an instrumental; the residual of a bundle
+of every stem) is NaN there, as museval leaves it, and left out of the averages and medians.
 
 A track that fails is a row with an ``error`` instead of scores, and ``eval.csv`` always has
 every track. A worker process that dies (killed, out of memory) is restarted and its track
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import posixpath
 import time
@@ -38,11 +40,11 @@ import numpy as np
 import ray
 import torch
 
-from auralflow_dist import allocator, storage, tables, visualize
+from auralflow_dist import allocator, runtime, storage, tables, visualize
 from auralflow_dist.attempts import MAX_ATTEMPTS, AttemptLog
 from auralflow_dist.config import EvalConfig, WienerConfig
 from auralflow_dist.data import manifest
-from auralflow_dist.data.decode import read_source
+from auralflow_dist.data.decode import is_silent, read_source
 from auralflow_dist.errors import AuralflowError
 from auralflow_dist.metrics import bsseval_sdr, sdr, si_sdr, si_snr
 from auralflow_dist.models import index
@@ -51,6 +53,9 @@ from auralflow_dist.progress import Ticker, clock, eta
 
 METRICS = ("si_sdr", "si_snr", "sdr", "si_sdri")
 PROGRESS_INTERVAL_S = 30.0
+# A stem this quiet in a track (mean square, dBFS; training's redraw threshold) is absent, as
+# vocals are from an instrumental: it has no SI-SDR to score, so its cells are NaN.
+SILENT_DB = -60.0
 # Test hook: ``name=n[,name=n]``: the worker exits (a real crash) on its first n tries of a track.
 CRASH_ENV = "AURALFLOW_TEST_CRASH"
 
@@ -87,7 +92,11 @@ def score_track(
         "seconds": took,
         "realtime_factor": track.duration / max(took, 1e-9),
     }
+    silent = {part for part, ref in references.items() if is_silent(ref.numpy(), SILENT_DB)}
     for part, ref in references.items():
+        if part in silent:  # no score means anything; NaN keeps it out of the median and mean
+            row.update({f"{part}_{metric}": math.nan for metric in METRICS})
+            continue
         est = estimates[part]
         row[f"{part}_si_sdr"] = float(si_sdr(est, ref).mean())
         row[f"{part}_si_snr"] = float(si_snr(est, ref).mean())
@@ -101,13 +110,12 @@ def score_track(
             track.sample_rate,
         )
         for part, score in zip(references, scores, strict=True):
-            row[f"{part}_bsseval_sdr"] = float(score)
+            row[f"{part}_bsseval_sdr"] = math.nan if part in silent else float(score)
         metrics.append("bsseval_sdr")
     if len(bundle.targets) > 1:
         for metric in metrics:
-            row[f"average_{metric}"] = float(
-                np.mean([row[f"{t}_{metric}"] for t in bundle.targets])
-            )
+            values = [row[f"{t}_{metric}"] for t in bundle.targets if t not in silent]
+            row[f"average_{metric}"] = float(np.mean(values)) if values else math.nan
     return row
 
 
@@ -189,9 +197,7 @@ def evaluate(config: EvalConfig) -> tuple[str, list[dict[str, Any]]]:
     targets = sorted(
         Bundle.from_checkpoints(config.session, "cpu", wiener=config.wiener_filter).targets
     )
-    context = ray.data.DataContext.get_current()
-    context.enable_progress_bars = False
-    context.print_on_execution_start = False
+    runtime.quiet_data_context()
     # One track per block and per call, one call at a time per actor: tracks are long units of
     # work, so none waits behind a busy actor while another is idle.
     # Tracks travel in the rows: constructor arguments would go through the object store.
@@ -256,7 +262,10 @@ def _collect(
                     row = json.loads(text)
                     rows.append(row)
                     status = row.get("error") or ", ".join(
-                        f"{t} SI-SDR {row[f'{t}_si_sdr']:+.2f} dB" for t in targets
+                        f"{t} silent"
+                        if math.isnan(row[f"{t}_si_sdr"])
+                        else f"{t} SI-SDR {row[f'{t}_si_sdr']:+.2f} dB"
+                        for t in targets
                     )
                     print(f"[test] {len(rows)}/{total} {row['track']}: {status}", flush=True)
     except Exception as err:  # Ray gave up: the rows so far are kept, the rest marked

@@ -158,3 +158,23 @@ def test_rows_got_before_the_run_fails_are_kept_with_a_one_line_reason(capsys) -
     assert rows == [{"track": "a", "vocals_si_sdr": 1.0}]
     assert stopped == "the evaluation stopped (RuntimeError: all workers lost)"
     assert f"[test] {stopped} after 1/2 tracks" in capsys.readouterr().out
+
+
+def test_a_stem_silent_in_a_track_is_nan_and_out_of_the_averages(tmp_path: Path) -> None:
+    import soundfile as sf
+
+    from auralflow_dist.models.separator import Bundle
+
+    data, session, tracks = _test_split_and_session(tmp_path)
+    track = tracks[0]  # an instrumental: its vocals file is silence (the mixture keeps them)
+    path = track.stem_url("vocals")
+    audio, rate = sf.read(path, dtype="float32")
+    sf.write(path, np.zeros_like(audio), rate, subtype="PCM_16")
+    bundle = Bundle.from_checkpoints(session, "cpu")
+    row = evaluation.score_track(bundle, track, bsseval=False, padding=200, batch_size=8)
+    assert all(math.isnan(row[f"vocals_{m}"]) for m in evaluation.METRICS)
+    assert math.isfinite(row["residual_si_sdr"])  # the rest of the mixture is there
+    audible = evaluation.score_track(bundle, tracks[1], bsseval=False, padding=200, batch_size=8)
+    assert math.isfinite(audible["vocals_si_sdr"])
+    (median, _) = evaluation._summary_rows([row, audible])
+    assert median["vocals_si_sdr"] == audible["vocals_si_sdr"]

@@ -62,6 +62,26 @@ def connect(address: str | None = None, reserved_cpus: float = 0.0) -> None:
 
 
 @contextlib.contextmanager
+def quiet_data_context() -> None:
+    """Ray Data in this process says only what our own progress lines do not.
+
+    Its progress bars and start banner repeat them, and its high-memory detector warns every 30 s
+    that a model actor uses more memory than it asked for: our actor pools are sized by
+    ``--workers``, not by memory requests, so the warning changes nothing.
+    """
+    from ray.data._internal.issue_detection.detectors.high_memory_detector import (
+        HighMemoryIssueDetector,
+    )
+
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False
+    context.print_on_execution_start = False
+    detectors = context.issue_detectors_config.detectors
+    context.issue_detectors_config.detectors = [
+        d for d in detectors if d is not HighMemoryIssueDetector
+    ]
+
+
 def isolated_state_api() -> Iterator[None]:
     """Around the start of a local instance, whose processes inherit the environment: its state
     API is `NO_STATE_API`. This process's own is left as it was (a job client would follow it)."""

@@ -340,7 +340,7 @@ def run_separation(job: SeparateConfig, echo: Callable[[str], None] = print) -> 
     push = _metrics(job, label, echo)
 
     runtime.connect(job.address)
-    ray.data.DataContext.get_current().enable_progress_bars = False
+    runtime.quiet_data_context()
     node_cpus = max(
         (n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n["Alive"]), default=1.0
     )

@@ -22,7 +22,7 @@ import ray
 import ray.train
 from ray.train.torch import TorchTrainer
 
-from auralflow_dist import allocator, observability, storage
+from auralflow_dist import allocator, observability, runtime, storage
 from auralflow_dist.config import ModelConfig, TrainerConfig, to_dict
 from auralflow_dist.data import pipeline
 from auralflow_dist.data.manifest import load_manifest
@@ -288,9 +288,7 @@ def run_training(
     """
     session = storage.absolute(session)
     init_from = storage.absolute(init_from) if init_from else None
-    context = ray.data.DataContext.get_current()
-    context.enable_progress_bars = False
-    context.print_on_execution_start = False
+    runtime.quiet_data_context()
     clock_name = f"auralflow-epoch-{hashlib.sha1(f'{session}/{run}'.encode()).hexdigest()[:16]}"
     clock = pipeline.get_or_create_epoch_clock(clock_name)
     datasets = {

@@ -8,15 +8,17 @@ the test songs (medians, as `auralflow test` reports them):
 - the mixture's SI-SDR against the target, the oracle's, and the oracle's improvement: the
   ideal ratio mask |S_t| / sum_j |S_j| on the mixture's STFT with the mixture's phase, at the
   model's STFT settings: the best a magnitude mask at those settings can do;
-- each model's SI-SDR improvement after training each target alone on the machine (one Ray
-  Train worker with every CPU, or one GPU) for ``--epochs`` epochs of ``--samples`` chunks,
-  one target after another (four CPU workers of the seeds' default model side by side do not
-  fit 24 GB), scored together by `evaluate`, and its ratio to the oracle's improvement.
+- each recipe's SI-SDR improvement after training each target alone for ``--minutes`` of
+  wall-clock (``--max-minutes``: the epoch that passes it is the last) on this machine, one
+  Ray Train worker with every CPU (or one GPU), one target after another, scored together by
+  `evaluate`, and its share of the oracle's improvement. A recipe is a ``config --preset``
+  with fields changed: ``PRESET[:key=value,...]``.
 
-The training budget is printed as epochs, chunks and wall-clock minutes per target.
+Each recipe's line gives its epoch, batch, rate and loss, and its separation speed.
 
-    python -m bench.quality [--seconds 240] [--epochs 4] [--samples 128] [--models M ...]
-    python -m bench.quality --device cuda --epochs 40 --samples 1024 --batch-size 32
+    python -m bench.quality [--seconds 240] [--minutes 30] [--recipes R ...]
+    python -m bench.quality --recipes seeds:model_type=SpectrogramNetLSTM,lr=0.001 fast-cpu
+    python -m bench.quality --device cuda --minutes 15
 """
 
 from __future__ import annotations
@@ -27,22 +29,27 @@ import os
 import platform
 import statistics
 import time
+from dataclasses import dataclass
 
 import torch
 
-from auralflow_dist import storage
+from auralflow_dist import presets, storage
 from auralflow_dist.audio.stft import STFT
-from auralflow_dist.config import ModelConfig, TrainerConfig, from_dict
+from auralflow_dist.config import ModelConfig, TrainerConfig, leaves
 from auralflow_dist.data import manifest, midi
 from auralflow_dist.data.decode import read_source
 from auralflow_dist.evaluate import EvalConfig, evaluate
 from auralflow_dist.metrics import si_sdr
+from auralflow_dist.models.separator import Separator
 from auralflow_dist.runtime import connect
 from auralflow_dist.train.targets import train_targets
 
 TARGETS = ("vocals", "drums", "bass", "other")
 SILENT_DB = -60.0  # a target quieter than this (mean square, dBFS) in a test song is not scored
 DONE = "_rendered"  # a dataset folder with this file is complete and is reused
+# The seeds' U-Net at batch 8 (batch 32 needs about 18 GB per CPU worker) and lr 0.001, and the
+# preset measured for CPUs.
+DEFAULT_RECIPES = ("seeds:batch_size=8,lr=0.001", "fast-cpu")
 
 
 def render(root: str, seconds: float) -> str:
@@ -90,6 +97,33 @@ def oracle(manifest_url: str, config: ModelConfig) -> dict[str, dict[str, tuple[
     return scores
 
 
+@dataclass(frozen=True)
+class Recipe:
+    """``PRESET[:key=value,...]``: a `config --preset` recipe with model or trainer fields
+    changed, e.g. ``seeds:model_type=SpectrogramNetLSTM,lr=0.001``."""
+
+    text: str
+    preset: str
+    changes: dict[str, str]
+
+    @classmethod
+    def parse(cls, text: str) -> Recipe:
+        name, _, rest = text.partition(":")
+        if name not in presets.PRESETS:
+            raise argparse.ArgumentTypeError(f"unknown preset {name!r} in {text!r}")
+        pairs = [p.split("=", 1) for p in rest.split(",") if p]
+        if any(len(p) != 2 for p in pairs):
+            raise argparse.ArgumentTypeError(f"expected PRESET[:key=value,...], got {text!r}")
+        return cls(text, name, dict(pairs))
+
+    def configs(self, bench: dict[str, object]) -> tuple[ModelConfig, TrainerConfig]:
+        """The recipe's configs, with the bench's budget and cluster on top of its trainer."""
+        model_keys = leaves(ModelConfig)
+        model = {k: v for k, v in self.changes.items() if k in model_keys}
+        trainer = {k: v for k, v in self.changes.items() if k not in model_keys}
+        return presets.apply(self.preset, model, {**trainer, **bench})
+
+
 def trained(
     root: str, manifest_url: str, model: ModelConfig, trainer: TrainerConfig
 ) -> tuple[dict[str, dict[str, float]], float]:
@@ -111,17 +145,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", default=os.path.expanduser("~/.cache/auralflow-quality"))
     parser.add_argument("--seconds", type=float, default=240.0, help="each song's first seconds")
-    parser.add_argument("--models", nargs="+", default=["SpectrogramNetSimple"])
-    parser.add_argument("--epochs", type=int, default=4)
-    parser.add_argument("--samples", type=int, default=128, help="chunks per epoch")
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument(
+        "--recipes",
+        nargs="+",
+        type=Recipe.parse,
+        default=[Recipe.parse(r) for r in DEFAULT_RECIPES],
+        help="PRESET[:key=value,...] each (default: %(default)s)",
+    )
+    parser.add_argument("--minutes", type=float, default=30.0, help="training budget per target")
+    parser.add_argument("--samples", type=int, default=256, help="chunks per epoch")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--oracle-only", action="store_true")
     args = parser.parse_args()
 
     manifest_url = render(args.workdir, args.seconds)
-    reference = ModelConfig().validate()  # the seeds' STFT settings: every model here shares them
+    reference = ModelConfig().validate()  # the seeds' STFT settings: every recipe here shares them
     ceiling = oracle(manifest_url, reference)
     gpu = args.device.startswith("cuda")
     machine = torch.cuda.get_device_name() if gpu else f"{os.cpu_count()} CPUs"
@@ -129,36 +167,38 @@ def main() -> None:
         f"planetblupi MIDI set, songs cut to {args.seconds:g} s, test split medians; "
         f"STFT {reference.num_fft}/{reference.hop_length}; {platform.node()}, {machine}"
     )
+    bench = {
+        "max_minutes": args.minutes,
+        "max_epochs": 10_000,  # the minutes end training
+        "val_chunks": 16,
+        "num_workers": 2,
+        "gpus_per_worker": 1.0 if gpu else 0.0,
+        "cpus_per_worker": 1 if gpu else os.cpu_count() or 1,
+        "workers_min": 1,
+        "workers_max": 1,
+        "max_samples": args.samples,
+    }
     results = {}
     if not args.oracle_only:
-        trainer = from_dict(
-            TrainerConfig,
-            {
-                "max_epochs": args.epochs,
-                "max_samples": args.samples,
-                "batch_size": args.batch_size,
-                "lr": args.lr,
-                "val_chunks": 16,
-                "num_workers": 2,
-                "gpus_per_worker": 1.0 if gpu else 0.0,
-                "cpus_per_worker": 1 if gpu else os.cpu_count() or 1,
-                "workers_min": 1,
-                "workers_max": 1,
-            },
-        )
-        connect(None, trainer.cluster.cpus_per_worker)
-        for model_type in args.models:
-            model = from_dict(ModelConfig, {"model_type": model_type})
-            results[model_type] = trained(args.workdir, manifest_url, model, trainer)
+        connect(None, bench["cpus_per_worker"])
+        for recipe in args.recipes:
+            model, trainer = recipe.configs(bench)
+            results[recipe.text] = trained(args.workdir, manifest_url, model, trainer)
+            speed = separation_speed(model)
+            print(
+                f"{recipe.text}: {model.model_type}, {trainer.data.max_samples} chunks of "
+                f"{model.sample_length:g} s per epoch, batch {trainer.data.batch_size}, "
+                f"lr {trainer.optim.lr:g}, {trainer.optim.criterion} loss; separates one "
+                f"target at {speed:.0f}x real time",
+                flush=True,
+            )
         print(
-            f"budget per model: {args.epochs} epochs x {args.samples} chunks of "
-            f"{reference.sample_length:g} s, batch {args.batch_size}, lr {args.lr:g}, "
-            "one target at a time, one worker"
+            f"budget: {args.minutes:g} min of training per target, one target at a time, one worker"
         )
     header = "| target | mixture SI-SDR | oracle SI-SDR | oracle SI-SDRi |"
     rule = "|---|---|---|---|"
-    for model_type, (_, minutes) in results.items():
-        header += f" {model_type} SI-SDRi ({minutes:.1f} min/target) | of oracle |"
+    for name, (_, minutes) in results.items():
+        header += f" {name} SI-SDRi ({minutes:.1f} min/target) | of oracle |"
         rule += "---|---|"
     print(header)
     print(rule)
@@ -175,6 +215,16 @@ def main() -> None:
             ours = statistics.median(improvements[target][name] for name in songs)
             line += f" {ours:+.2f} dB | {ours / gain:.0%} |"
         print(line)
+
+
+def separation_speed(config: ModelConfig, seconds: float = 30.0) -> float:
+    """x real time of one target on a stereo clip, random weights: what the model's shape costs."""
+    separator = Separator(config, device="cpu")
+    clip = torch.randn(2, round(seconds * config.sample_rate)) * 0.1
+    separator.separate(clip)  # warm-up
+    start = time.perf_counter()
+    separator.separate(clip)
+    return seconds / (time.perf_counter() - start)
 
 
 if __name__ == "__main__":

@@ -58,3 +58,19 @@ def test_ray_process_cpu_counts_each_descendant_over_the_window_and_names_the_wo
     assert shares[busy.pid].cores > 0.5
     assert shares[idle.pid].cores < 0.05 and not shares[idle.pid].work
     assert "Ray's own processes" in processes.report()
+
+
+def test_quality_recipes_are_presets_with_model_and_trainer_fields_changed() -> None:
+    import argparse
+
+    from bench.quality import Recipe
+
+    recipe = Recipe.parse("seeds:model_type=MaskInference,lr=0.002,hidden_size=64")
+    model, trainer = recipe.configs({"max_minutes": 2.0, "workers_max": 1})
+    assert model.model_type == "MaskInference" and model.hidden_size == 64
+    assert trainer.optim.lr == 0.002 and trainer.optim.max_minutes == 2.0
+    assert Recipe.parse("fast-cpu").configs({})[0].model_type == "MaskInference"
+    assert Recipe.parse("seeds:lr=1,").changes == {"lr": "1"}  # a trailing comma is harmless
+    for bad in ("nope", "seeds:lr", "nope:lr=1"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            Recipe.parse(bad)

@@ -61,7 +61,6 @@ def connect(address: str | None = None, reserved_cpus: float = 0.0) -> None:
         )
 
 
-@contextlib.contextmanager
 def quiet_data_context() -> None:
     """Ray Data in this process says only what our own progress lines do not.
 
@@ -82,6 +81,7 @@ def quiet_data_context() -> None:
     ]
 
 
+@contextlib.contextmanager
 def isolated_state_api() -> Iterator[None]:
     """Around the start of a local instance, whose processes inherit the environment: its state
     API is `NO_STATE_API`. This process's own is left as it was (a job client would follow it)."""

@@ -165,7 +165,7 @@ def test_a_stem_silent_in_a_track_is_nan_and_out_of_the_averages(tmp_path: Path)
 
     from auralflow_dist.models.separator import Bundle
 
-    data, session, tracks = _test_split_and_session(tmp_path)
+    _, session, tracks = _test_split_and_session(tmp_path)
     track = tracks[0]  # an instrumental: its vocals file is silence (the mixture keeps them)
     path = track.stem_url("vocals")
     audio, rate = sf.read(path, dtype="float32")

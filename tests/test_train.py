@@ -194,6 +194,9 @@ FAULT_SCRIPT = textwrap.dedent("""
     print("removed a node hosting a training worker", flush=True)
     thread.join()
     print("EPOCHS", out["r"].epochs, flush=True)
+    ray.shutdown()
+    cluster.shutdown()
+    os._exit(0)  # the run is what is tested; Ray's exit hooks after a lost node are not
 """)
 
 

@@ -176,8 +176,12 @@ class LocalCluster:
         return "\n".join(node.log_tail() for node in self.nodes)
 
     def start_node(self, name: str, args: str) -> Node:
+        # A temp dir per node, as separate machines would have: nodes sharing one share its
+        # session folder, and each node's runtime-env agent deletes and re-extracts the job's
+        # working dir there when it first needs it, under a driver running from it on the other.
         log = self.temp_dir / f"{name}.log"
-        argv = [str(BIN / "ray"), "start", "--block", "--temp-dir", str(self.temp_dir)]
+        node_dir = self.temp_dir / name
+        argv = [str(BIN / "ray"), "start", "--block", "--temp-dir", str(node_dir)]
         argv += ["--disable-usage-stats", "--object-store-memory", str(300 * 10**6)]
         with log.open("ab") as out:
             process = subprocess.Popen(
@@ -309,8 +313,8 @@ def read_csv(url: str) -> list[dict[str, str]]:
 
 
 def uploaded_packages(cluster: LocalCluster) -> list[Path]:
-    """The working dirs the cluster unpacked (one per distinct upload)."""
-    found = cluster.temp_dir.glob("session_*/runtime_resources/working_dir_files/_ray_pkg_*")
+    """The working dirs the cluster's nodes unpacked (one per node and distinct upload)."""
+    found = cluster.temp_dir.glob("*/session_*/runtime_resources/working_dir_files/_ray_pkg_*")
     return sorted(p for p in found if p.is_dir())  # not the .zip.lock files beside them
 
 

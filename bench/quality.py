@@ -46,7 +46,9 @@ from auralflow_dist.train.targets import train_targets
 
 TARGETS = ("vocals", "drums", "bass", "other")
 SILENT_DB = -60.0  # a target quieter than this (mean square, dBFS) in a test song is not scored
-DONE = "_rendered"  # a dataset folder with this file is complete and is reused
+# A dataset folder with this file is complete and is reused; renamed when the grouping or the
+# split rule changes, so an older render is not scored as if it were this one.
+DONE = "_rendered-split-by-stems"
 # The seeds' U-Net at batch 8 (batch 32 needs about 18 GB per CPU worker) and lr 0.001, and the
 # preset measured for CPUs.
 DEFAULT_RECIPES = ("seeds:batch_size=8,lr=0.001", "fast-cpu")
@@ -75,7 +77,7 @@ def _audible(x: torch.Tensor) -> bool:
 
 def oracle(manifest_url: str, config: ModelConfig) -> dict[str, dict[str, tuple[float, float]]]:
     """Per target and test song where the target is audible: the SI-SDR of the mixture and of
-    the ideal ratio mask. A silent target (music009 has no bass part) has no SI-SDR to improve."""
+    the ideal ratio mask. A silent target (a song without a bass part) has no SI-SDR to improve."""
     table = manifest.read_manifest(manifest_url)
     stft = STFT(config.num_fft, config.window_size, config.hop_length)
     scores: dict[str, dict[str, tuple[float, float]]] = {t: {} for t in TARGETS}

@@ -152,6 +152,17 @@ def test_split_counts():
     ]
 
 
+def test_held_out_songs_play_every_stem_where_there_are_enough():
+    full, duo = set(STEMS), {"bass", "vocals"}
+    # file order from the last back, songs with every stem first: test, then valid
+    five = [full, duo, full, duo, duo]  # split_counts(5): 2 train, 1 valid, 2 test
+    assert midi.assign_splits(five) == ["test", "train", "test", "train", "valid"]
+    assert midi.assign_splits([full, duo, full, full]) == ["train", "train", "valid", "test"]
+    assert midi.assign_splits([duo, duo, duo]) == ["train", "valid", "test"]
+    assert midi.assign_splits([full, duo, duo], ("a", "b", "c")) == ["c", "a", "b"]
+    assert midi.assign_splits([full]) == ["train"]
+
+
 def test_missing_renderer_or_soundfont_says_what_to_install(tmp_path, monkeypatch):
     song = tmp_path / "song.mid"
     song.write_bytes(_smf("lead"))
@@ -186,7 +197,7 @@ def test_renders_each_group_alone_exactly_and_repeatably(tmp_path):
     files = [str(tmp_path / "full.mid"), str(tmp_path / "duo.mid")]
     songs = []
     urls = midi.write_midi_dataset(str(tmp_path / "a"), files, progress=lambda *a: songs.append(a))
-    assert urls == [f"{tmp_path}/a/train/full", f"{tmp_path}/a/test/duo"]
+    assert urls == [f"{tmp_path}/a/test/full", f"{tmp_path}/a/train/duo"]  # test plays every stem
     assert [(done, total) for done, total, _ in songs] == [(1, 2), (2, 2)]
     assert "drums ch10; bass ch2 (GM 34)" in songs[0][2].describe()
     assert "drums silent" in songs[1][2].describe()

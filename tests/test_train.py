@@ -147,6 +147,30 @@ def test_nan_loss_stops_clearly_and_keeps_the_last_good_checkpoint(tmp_path, dat
 
 @pytest.mark.slow
 @on_ray
+def test_a_silent_validation_target_is_warned_of_once(tmp_path, capsys):
+    """A valid split without the target picks its best epoch on silence: the log says so."""
+    quiet = tmp_path / "quiet"
+    write_dataset(
+        str(quiet), tracks=6, seconds=4.0, seed=3, sample_rate=8000, splits=("train", "valid")
+    )
+    stems = list(quiet.glob("valid/*/vocals.wav"))
+    assert stems
+    for stem in stems:
+        x, rate = sf.read(stem, dtype="float32")
+        sf.write(stem, np.zeros_like(x), rate)
+        mixture = stem.with_name("mixture.wav")
+        m, _ = sf.read(mixture, dtype="float32")
+        sf.write(mixture, m - x, rate)  # the mixture stays the sum of its stems
+    session = str(tmp_path / "s")
+    write_model_config(session, model_config())
+    result = train(session, str(quiet), model_config(), trainer_config(max_epochs=2))
+    assert result.metrics["val_silent_share"] == 1.0
+    out = capsys.readouterr().out
+    assert out.count("vocals is silent in 100% of the validation chunks") == 1, out[-2000:]
+
+
+@pytest.mark.slow
+@on_ray
 def test_bad_inputs_fail_before_training(tmp_path, dataset):
     session = str(tmp_path / "s")
     write_model_config(session, model_config())

@@ -323,6 +323,24 @@ def split_counts(songs: int) -> tuple[int, int, int]:
     return songs - valid - test, valid, test
 
 
+def assign_splits(stems: Sequence[set[str]], splits: Sequence[str] = SPLITS) -> list[str]:
+    """Each song's split, given the stems each one plays, with `split_counts` songs per split.
+
+    The held-out songs are, where there are enough, songs that play all four stems, taken from
+    the last in file order back (test first, then valid), then the other songs from the last
+    back: as in MUSDB, every target is then scored on every test song and validated on the
+    valid ones. (Taken in plain file order, the planetblupi songs gave a valid song with no
+    ``other`` part, whose best epoch was picked on silence, and one test song with vocals.)
+    """
+    _, valid, test = split_counts(len(stems))
+    complete = [i for i in reversed(range(len(stems))) if stems[i] >= set(STEMS)]
+    held = complete + [i for i in reversed(range(len(stems))) if i not in complete]
+    chosen = [splits[0]] * len(stems)
+    for rank, index in enumerate(held[: test + valid]):
+        chosen[index] = splits[2] if rank < test else splits[1]
+    return chosen
+
+
 def write_midi_dataset(
     url: str,
     midi_files: Sequence[str] | Mapping[str, str] | None = None,
@@ -336,7 +354,7 @@ def write_midi_dataset(
     """Render MIDI songs to ``<url>/<split>/<track>/{mixture,vocals,drums,bass,other}.<fmt>``.
 
     ``midi_files`` are paths or URLs (named by their file names) or a mapping of track names to
-    them, by default `default_songs`; they go to the three ``splits`` in order by `split_counts`.
+    them, by default `default_songs`; they go to the three ``splits`` by `assign_splits`.
     ``seconds`` keeps each song's first seconds, else the whole song plays out to its last echo.
     Each 16-bit track holds ``mixture == sum(stems)`` exactly and peaks at most at 0.9. Returns the
     track folder URLs in song order; ``progress(done, total, song)`` follows each track.
@@ -361,17 +379,26 @@ def write_midi_dataset(
         hint = " (apt-get install fluid-soundfont-gm)" if soundfont == SOUNDFONT else ""
         raise ConfigError("soundfont", f"{soundfont} not found{hint}")
 
-    train, valid, _ = split_counts(len(songs))
-    urls = []
-    for index, (name, path) in enumerate(songs.items()):
-        split = splits[0] if index < train else splits[1] if index < train + valid else splits[2]
-        track_url = storage.join(url, split, name)
+    parsed = {}
+    for name, path in songs.items():
         try:
-            channels, frames = _write_song(
-                path, track_url, sample_rate, seconds, fmt, fluidsynth, soundfont
-            )
+            midi = read_midi(storage.read_bytes(path))
+            midi = cut(midi, seconds) if seconds is not None else midi
         except MidiError as err:
             raise MidiError(f"{path}: {err}") from None
+        parsed[name] = midi, assign_channels(midi)
+    chosen = assign_splits([{c.stem for c in ch} for _, ch in parsed.values()], splits)
+    urls = []
+    for index, ((name, (midi, channels)), split) in enumerate(
+        zip(parsed.items(), chosen, strict=True)
+    ):
+        track_url = storage.join(url, split, name)
+        try:
+            frames = _write_song(
+                midi, channels, track_url, sample_rate, seconds, fmt, fluidsynth, soundfont
+            )
+        except MidiError as err:
+            raise MidiError(f"{songs[name]}: {err}") from None
         urls.append(track_url)
         if progress is not None:
             song = RenderedSong(name, split, track_url, frames / sample_rate, channels)
@@ -380,19 +407,16 @@ def write_midi_dataset(
 
 
 def _write_song(
-    path: str,
+    midi: MidiFile,
+    channels: tuple[Channel, ...],
     track_url: str,
     sample_rate: int,
     seconds: float | None,
     fmt: str,
     fluidsynth: str,
     soundfont: str,
-) -> tuple[tuple[Channel, ...], int]:
-    """Render one song's groups and write its track; returns its channels and length in frames."""
-    midi = read_midi(storage.read_bytes(path))
-    if seconds is not None:
-        midi = cut(midi, seconds)
-    channels = assign_channels(midi)
+) -> int:
+    """Render one song's groups and write its track; returns its length in frames."""
     with tempfile.TemporaryDirectory(prefix="auralflow-midi-") as tmp:
         renders = {}
         for stem in STEMS:
@@ -407,7 +431,7 @@ def _write_song(
         if frames == 0:
             raise MidiError("plays no notes")
         _write_track(track_url, renders, frames, sample_rate, fmt)
-    return channels, frames
+    return frames
 
 
 def _named(midi_files: Sequence[str] | Mapping[str, str]) -> dict[str, str]:

@@ -151,7 +151,8 @@ def _validate(
     """Loss and SI-SDR (estimate and mixture) on the fixed validation chunks."""
     model.eval()
     loss_sum = est_sum = mix_sum = 0.0
-    count = 0
+    count = silent = 0
+    silence = 10 ** (trainer.data.silence_threshold_db / 10)
     example = None
     with torch.no_grad():
         for mixture, target in iter_batches(
@@ -164,6 +165,7 @@ def _validate(
             estimate = model.estimate()
             est_sum += float(si_sdr(estimate, model.target).mean(dim=-1).sum())
             mix_sum += float(si_sdr(model.mixture, model.target).mean(dim=-1).sum())
+            silent += int((model.target.square().mean(dim=(-2, -1)) <= silence).sum())
             count += n
             if example is None:
                 example = (
@@ -175,11 +177,12 @@ def _validate(
                     model.stft(model.target[:1])[0].abs().cpu(),
                 )
     # Every rank validates the same chunks; the sum keeps the decision identical regardless.
-    loss_sum, est_sum, mix_sum, count = _all_reduce(
-        [loss_sum, est_sum, mix_sum, count], model.device
+    loss_sum, est_sum, mix_sum, count, silent = _all_reduce(
+        [loss_sum, est_sum, mix_sum, count, silent], model.device
     )
     count = max(count, 1)
     metrics = {
+        "val_silent_share": silent / count,  # chunks whose target stayed silent after redraws
         "val_loss": loss_sum / count,
         "val_si_sdr": est_sum / count,
         "val_si_sdr_mixture": mix_sum / count,

@@ -84,6 +84,7 @@ class EpochReporter:
         self.model_config = model_config
         self.trainer = trainer
         self.world = world
+        self._warned_silent = False  # the silent-validation warning is printed once per run
         self.progress: EpochProgress | None = None
         self.writer = None
         self._tb_dir: str | None = None
@@ -149,6 +150,17 @@ class EpochReporter:
     ) -> None:
         """The epoch line and every extra; one that fails is a warning and skips no other."""
         self._print(metrics)
+        if not self._warned_silent and metrics.get("val_silent_share", 0.0) > 0.5:
+            self._warned_silent = True
+            target = self.model_config.target
+            print(
+                f"{tag(self.model_config)} warning: {target} is silent in "
+                f"{metrics['val_silent_share']:.0%} of the validation chunks (the valid split "
+                f"has little or no {target}): the validation loss and SI-SDR, and so the best "
+                f"epoch and the schedule, follow near-silence; put tracks with {target} in the "
+                "valid split",
+                flush=True,
+            )
         if not self.trainer.logging.silent:  # the seeds' checkpoint logging
             best = metrics["best_epoch"] == metrics["epoch"]
             print(

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 import torch
 
-from auralflow_dist import presets, storage
+from auralflow_dist import presets, ray_logs, storage
 from auralflow_dist.audio.stft import STFT
 from auralflow_dist.config import ModelConfig, TrainerConfig, leaves
 from auralflow_dist.data import manifest, midi
@@ -127,20 +127,24 @@ class Recipe:
 
 
 def trained(
-    root: str, manifest_url: str, model: ModelConfig, trainer: TrainerConfig
+    root: str,
+    manifest_url: str,
+    model: ModelConfig,
+    trainer: TrainerConfig,
+    targets: tuple[str, ...],
 ) -> tuple[dict[str, dict[str, float]], float]:
     """SI-SDR improvement per target and test song after the budget, and the training minutes
     per target."""
     session = storage.join(root, f"session-{model.model_type}-{time.strftime('%H%M%S')}")
     start = time.perf_counter()
-    for target in TARGETS:
+    for target in targets:
         (outcome,) = train_targets(session, manifest_url, model, trainer, [target])
         if outcome.result is None:
             raise SystemExit(f"training {target} failed: {outcome.error}")
-    minutes = (time.perf_counter() - start) / 60 / len(TARGETS)
+    minutes = (time.perf_counter() - start) / 60 / len(targets)
     _, rows = evaluate(EvalConfig(session=session, dataset=manifest_url, workers=1))
     songs = [r for r in rows if r["track"] not in ("median", "mean")]
-    return {t: {r["track"]: r[f"{t}_si_sdri"] for r in songs} for t in TARGETS}, minutes
+    return {t: {r["track"]: r[f"{t}_si_sdri"] for r in songs} for t in targets}, minutes
 
 
 def main() -> None:
@@ -152,13 +156,21 @@ def main() -> None:
         nargs="+",
         type=Recipe.parse,
         default=[Recipe.parse(r) for r in DEFAULT_RECIPES],
-        help="PRESET[:key=value,...] each (default: %(default)s)",
+        help=f"PRESET[:key=value,...] each (default: {' '.join(DEFAULT_RECIPES)})",
+    )
+    parser.add_argument(
+        "--targets",
+        nargs="+",
+        choices=TARGETS,
+        default=list(TARGETS),
+        help="the targets to train and score (default: all four)",
     )
     parser.add_argument("--minutes", type=float, default=30.0, help="training budget per target")
     parser.add_argument("--samples", type=int, default=256, help="chunks per epoch")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--oracle-only", action="store_true")
     args = parser.parse_args()
+    ray_logs.filter_stderr()  # Ray's routine C++ notices, dropped as the command line drops them
 
     manifest_url = render(args.workdir, args.seconds)
     reference = ModelConfig().validate()  # the seeds' STFT settings: every recipe here shares them
@@ -185,7 +197,9 @@ def main() -> None:
         connect(None, bench["cpus_per_worker"])
         for recipe in args.recipes:
             model, trainer = recipe.configs(bench)
-            results[recipe.text] = trained(args.workdir, manifest_url, model, trainer)
+            results[recipe.text] = trained(
+                args.workdir, manifest_url, model, trainer, tuple(args.targets)
+            )
             speed = separation_speed(model)
             print(
                 f"{recipe.text}: {model.model_type}, {trainer.data.max_samples} chunks of "
@@ -204,7 +218,7 @@ def main() -> None:
         rule += "---|---|"
     print(header)
     print(rule)
-    for target in TARGETS:
+    for target in args.targets:
         songs = ceiling[target]  # the songs where the target is audible
         mixture = statistics.median(m for m, _ in songs.values())
         best = statistics.median(o for _, o in songs.values())

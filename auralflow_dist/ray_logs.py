@@ -66,6 +66,7 @@ NOISE = re.compile(
 # A warning as Python prints it: "path:line: SomeDeprecationWarning: text", then the source line.
 _DEPRECATION = re.compile(r":\d+: \w*DeprecationWarning: ")
 _FORWARDING_HANDLER = "ray_print_logs"
+_filter_pid: int | None = None  # the `filter_stderr` child, which ends with its pipe
 # Actors whose every line is chatter: Train's placement-group cleaner cannot reach the state API
 # without a dashboard, so it only ever logs that, and a traceback when Ray shuts down under it.
 QUIET_ACTORS = frozenset({"PlacementGroupCleaner"})
@@ -124,6 +125,8 @@ def filter_stderr() -> None:
         close_fds=True,
     )
     os.close(read)
+    global _filter_pid
+    _filter_pid = child.pid
     sys.stderr.flush()
     os.dup2(write, 2)
     os.close(write)
@@ -136,6 +139,11 @@ def filter_stderr() -> None:
             child.wait(timeout=5)
 
     atexit.register(restore)
+
+
+def filter_pid() -> int | None:
+    """The `filter_stderr` child's process id, where this process started one."""
+    return _filter_pid
 
 
 def _pass_lines() -> None:

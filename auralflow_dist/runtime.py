@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import subprocess
+import sys
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -106,11 +108,15 @@ def _init(**options: Any) -> None:
     ray_logs.quiet()
 
 
-def end_local_ray() -> None:
+def end_local_ray(grace_s: float = 5.0) -> None:
     """Stop a local Ray this process started, with all its processes (GCS, raylet, workers).
 
     Without Ray's own shutdown, which must not run amid a Ray call (a signal handler's case).
     Where this process joined a cluster it started nothing, and the cluster is left alone.
+    Each process is sent SIGTERM here; a detached `reap` child kills what still runs after
+    ``grace_s`` (Ray's agents notice a dead raylet only slowly), so the caller can exit at once:
+    waiting here raced the core worker, which exits this process with status 1 once the raylet
+    is gone. The stderr filter (`ray_logs.filter_stderr`) is left to end with its pipe.
     """
     import psutil  # Ray's vendored copy
 
@@ -118,18 +124,15 @@ def end_local_ray() -> None:
         children = psutil.Process().children(recursive=True)
     except psutil.Error:  # a child ended mid-walk: walk again
         children = psutil.Process().children(recursive=True)
-    _end(children)
-
-
-def _end(processes: list, grace_s: float = 5.0) -> None:
-    """Terminate ``processes``, then kill what still runs after ``grace_s`` (Ray's agents
-    notice a dead raylet only slowly)."""
-    import psutil
-
-    for process in processes:
+    children = [c for c in children if c.pid != ray_logs.filter_pid()]
+    for process in children:
         with contextlib.suppress(psutil.Error):
             process.terminate()
-    _, alive = psutil.wait_procs(processes, timeout=grace_s)
-    for process in alive:
-        with contextlib.suppress(psutil.Error):
-            process.kill()
+    subprocess.Popen(
+        [sys.executable, "-m", "auralflow_dist.reap", str(grace_s)]
+        + [str(c.pid) for c in children],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,  # outlives this process and the terminal's Ctrl-C
+    )

@@ -81,9 +81,16 @@ def test_a_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(tmp_path, d
     assert b'"out_of_time"' in storage.read_bytes(storage.join(stopped, "train_status.json"))
     spent = LoopState(**sessions.read_state(_checkpoint(stopped, 1)))
     assert spent.epoch == 1 and spent.train_seconds > 6e-3
+    # A resume whose budget is already spent trains nothing, and says so with the last figures.
+    idle = _run(stopped, dataset, resume=True, max_epochs=2, max_minutes=1e-4)
+    assert (idle.trained, idle.epochs, idle.best_epoch) == (0, 1, 1)
+    assert idle.summary().startswith("nothing left to train: the --max-minutes budget is spent")
+    assert "nan" not in idle.summary()
     resumed = _run(stopped, dataset, resume=True, max_epochs=2)
     assert first.run == resumed.run  # the same Ray Train run continued
-    assert resumed.epochs == 2
+    assert (resumed.trained, resumed.epochs) == (1, 2)
+    done = _run(stopped, dataset, resume=True, max_epochs=2).summary()
+    assert done.startswith("nothing left to train: all 2 epoch(s) of --max-epochs are done")
 
     expected, got = _weights(_checkpoint(straight, 2)), _weights(_checkpoint(stopped, 2))
     assert expected.keys() == got.keys()

@@ -234,8 +234,11 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
     train_shard = ray.train.get_dataset_shard("train")
     val_shard = ray.train.get_dataset_shard("val")
-    stop, metrics = False, {"epoch": loop.epoch, "global_step": loop.global_step}
+    # Where a resume finds nothing left to train, the status reports its last epoch's figures.
+    stop, trained = False, 0
     out_of_time = _out_of_time(trainer, loop)
+    metrics = dict(loop.history[-1]) if loop.history else {}
+    metrics.update(epoch=loop.epoch, global_step=loop.global_step, out_of_time=out_of_time)
     while loop.epoch < trainer.optim.max_epochs and not out_of_time:
         epoch = loop.epoch + 1
         if rank == 0:
@@ -268,7 +271,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         improved = metrics["val_loss"] < loop.best_val_loss
         if improved:
             loop.best_val_loss, loop.best_epoch = metrics["val_loss"], epoch
-        loop.epoch = epoch
+        loop.epoch, trained = epoch, trained + 1
         metrics.update(
             best_val_loss=loop.best_val_loss,
             best_epoch=loop.best_epoch,
@@ -295,12 +298,19 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             break
     if rank == 0:
         state = "out_of_time" if out_of_time else "stopped_early" if stop else "finished"
-        write_status(session, state, metrics)
+        write_status(session, state, metrics, trained)
     if reporter is not None:
         reporter.close(loop.epoch)
 
 
-def write_status(session: str, state: str, metrics: dict[str, Any]) -> None:
-    """How the run ended, for the driver (Train's result only carries checkpointed metrics)."""
+def write_status(
+    session: str, state: str, metrics: dict[str, Any], trained: int | None = None
+) -> None:
+    """How the run ended, for the driver (Train's result only carries checkpointed metrics),
+    with the epochs this attempt trained and, where it trained none, the last epoch's metrics."""
     status = {"state": state, "epoch": metrics["epoch"], "global_step": metrics["global_step"]}
+    if trained is not None:
+        status["trained"] = trained
+    if trained == 0:
+        status["metrics"] = metrics
     storage.write_bytes(storage.join(session, STATUS_FILE), json.dumps(status).encode())

@@ -51,13 +51,25 @@ class TrainResult:
     best_val_loss: float
     metrics: dict[str, Any]
     checkpoint: str | None
+    trained: int | None = None  # epochs this call trained (a resume may find none left)
 
     def summary(self) -> str:
         m = self.metrics
+        minutes = f"{m.get('train_minutes', 0.0):.1f} min"
+        if self.trained == 0:
+            done = "nothing left to train: " + (
+                f"the --max-minutes budget is spent ({minutes} over {self.epochs} epoch(s)); "
+                "raise --max-minutes to train on"
+                if m.get("out_of_time")
+                else f"all {self.epochs} epoch(s) of --max-epochs are done; raise it to train on"
+            )
+        else:
+            done = (
+                f"trained {self.epochs} epoch(s) in {minutes}"
+                f"{' (the --max-minutes budget)' if m.get('out_of_time') else ''}"
+            )
         return (
-            f"trained {self.epochs} epoch(s) in {m.get('train_minutes', 0.0):.1f} min"
-            f"{' (the --max-minutes budget)' if m.get('out_of_time') else ''}; "
-            f"best epoch {self.best_epoch} "
+            f"{done}; best epoch {self.best_epoch} "
             f"(val loss {self.best_val_loss:.4f}); last val SI-SDR "
             f"{m.get('val_si_sdr', float('nan')):+.2f} dB vs mixture "
             f"{m.get('val_si_sdr_mixture', float('nan')):+.2f} dB; "
@@ -223,8 +235,8 @@ def train(
         result = run_training(
             session, run, table, model_config, trainer, peak=peak, init_weights=init_weights
         )
-    metrics = dict(result.metrics or {})
     status = json.loads(storage.read_bytes(status_url)) if storage.exists(status_url) else {}
+    metrics = dict(status.get("metrics") or result.metrics or {})
     if status.get("state") == "diverged":
         raise AuralflowError(
             f"training stopped at epoch {status['epoch']}: the loss became NaN/inf "
@@ -240,6 +252,7 @@ def train(
         best_val_loss=float(metrics.get("best_val_loss", float("nan"))),
         metrics=metrics,
         checkpoint=result.checkpoint.path if result.checkpoint else None,
+        trained=status.get("trained"),
     )
 
 

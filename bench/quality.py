@@ -48,7 +48,7 @@ TARGETS = ("vocals", "drums", "bass", "other")
 SILENT_DB = -60.0  # a target quieter than this (mean square, dBFS) in a test song is not scored
 # A dataset folder with this file is complete and is reused; renamed when the grouping or the
 # split rule changes, so an older render is not scored as if it were this one.
-DONE = "_rendered-split-by-stems"
+DONE = "_rendered-bass-by-register"
 # The seeds' U-Net at batch 8 (batch 32 needs about 18 GB per CPU worker) and lr 0.001, and the
 # preset measured for CPUs.
 DEFAULT_RECIPES = ("seeds:batch_size=8,lr=0.001", "fast-cpu")

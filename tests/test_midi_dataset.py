@@ -109,19 +109,21 @@ def test_channels_go_to_stems_by_their_sound():
         (3, "other", 48, 4),
         (9, "drums", 0, 8),
     ]
-    # Every voice or lead is vocals, whatever it plays; a flute is other, however high; a song
-    # with neither has silent vocals.
-    programs = {4: 0x35, 5: 0x49, 6: 0x57}  # GM 54 voice oohs, 74 flute, 88 bass + lead
+    # A voice or lead is vocals unless it plays the bass line (below C3); a flute is other,
+    # however high; a song with neither has silent vocals.
+    programs = {4: 0x35, 5: 0x49, 6: 0x57, 7: 0x57}  # GM 54 voice oohs, 74 flute, 88 bass + lead
+    pitch = {4: 50, 5: 90, 6: 48, 7: 31}
     parts = [
         e
         for ch, program in programs.items()
-        for e in [(0, bytes([0xC0 | ch, program])), *_notes(ch, [90 if ch == 5 else 50] * 3)]
+        for e in [(0, bytes([0xC0 | ch, program])), *_notes(ch, [pitch[ch]] * 3)]
     ]
     mixed = midi.MidiFile(0, DIVISION, (tuple(sorted(parts)),))
     assert {c.channel: c.stem for c in midi.assign_channels(mixed)} == {
         4: "vocals",
         5: "other",
         6: "vocals",
+        7: "bass",
     }
     instrumental = midi.read_midi(_smf("bass", "pad"))
     assert "vocals" not in {c.stem for c in midi.assign_channels(instrumental)}
@@ -212,6 +214,11 @@ def test_renders_each_group_alone_exactly_and_repeatably(tmp_path):
         for name in ("mixture", *STEMS):
             with open(f"{first}/{name}.wav", "rb") as a, open(f"{second}/{name}.wav", "rb") as b:
                 assert a.read() == b.read(), (second, name)
+    # A song that lands in another split on a re-render leaves none of its old split behind.
+    (moved,) = midi.write_midi_dataset(str(tmp_path / "a"), {"full": files[1]})
+    assert moved == f"{tmp_path}/a/train/full"
+    assert sorted(os.listdir(tmp_path / "a" / "test")) == []
+    assert sorted(os.listdir(tmp_path / "a" / "train")) == ["duo", "full"]
 
 
 @needs_fluidsynth

@@ -40,6 +40,10 @@ BASS_PROGRAMS = range(32, 40)  # GM 33-40 (acoustic to synth bass), 0-based
 # sounds in every song (a role such as "the lead melody" made a brass section and a woodblock
 # the test songs' vocals, a sound no training song's vocals had).
 VOICE_PROGRAMS = (*range(52, 55), *range(80, 88))
+# A part whose median note is below C3 plays the bass line, whatever its program: MUSDB puts a
+# synth lead doubling the bass in ``bass``. (planetblupi's music009 has its only bass line on GM 88,
+# "bass + lead", at G1; as vocals it taught the vocals model to take the bass.)
+BASS_REGISTER = 48  # MIDI note C3
 
 _PCM_STEP = 1.0 / 32768.0  # soundfile decodes 16-bit PCM as n / 32768
 _PEAK = 0.9 - 2 * _PCM_STEP  # quantising four stems moves the mixture by at most 4 half-steps
@@ -237,9 +241,10 @@ def assign_channels(midi: MidiFile) -> tuple[Channel, ...]:
     """Every channel that plays a note, in channel order, with its stem.
 
     By the sound of the channel's first program, as MUSDB groups a song's instruments: channel 10
-    is ``drums``, a GM bass (33-40) is ``bass``, a GM voice or synth lead (`VOICE_PROGRAMS`) is
-    ``vocals``, and every other channel is ``other``. A song without a voice or lead has silent
-    vocals, as instrumentals do in MUSDB.
+    is ``drums``, a GM bass (33-40) or a voice or lead in the bass register (`BASS_REGISTER`) is
+    ``bass``, any other GM voice or synth lead (`VOICE_PROGRAMS`) is ``vocals``, and every other
+    channel is ``other``. A song without a voice or lead has silent vocals, as instrumentals do in
+    MUSDB.
     """
     programs: dict[int, tuple[int, int]] = {}  # channel: (tick, program) of its first change
     pitches: dict[int, list[int]] = {}
@@ -253,14 +258,17 @@ def assign_channels(midi: MidiFile) -> tuple[Channel, ...]:
     channels = []
     for ch in sorted(pitches):
         program = programs[ch][1] if ch in programs else 0
+        notes = pitches[ch]
+        median = float(statistics.median(notes))
         if ch == DRUM_CHANNEL:
             stem = "drums"
         elif program in BASS_PROGRAMS:
             stem = "bass"
+        elif program in VOICE_PROGRAMS:
+            stem = "bass" if median < BASS_REGISTER else "vocals"
         else:
-            stem = "vocals" if program in VOICE_PROGRAMS else "other"
-        notes = pitches[ch]
-        channels.append(Channel(ch, program, len(notes), float(statistics.median(notes)), stem))
+            stem = "other"
+        channels.append(Channel(ch, program, len(notes), median, stem))
     return tuple(channels)
 
 
@@ -356,8 +364,10 @@ def write_midi_dataset(
     ``midi_files`` are paths or URLs (named by their file names) or a mapping of track names to
     them, by default `default_songs`; they go to the three ``splits`` by `assign_splits`.
     ``seconds`` keeps each song's first seconds, else the whole song plays out to its last echo.
-    Each 16-bit track holds ``mixture == sum(stems)`` exactly and peaks at most at 0.9. Returns the
-    track folder URLs in song order; ``progress(done, total, song)`` follows each track.
+    Each 16-bit track holds ``mixture == sum(stems)`` exactly and peaks at most at 0.9. A song
+    rendered into another split of ``url`` before (when the rules or the songs were different) is
+    removed from there, so no song is in two splits. Returns the track folder URLs in song order;
+    ``progress(done, total, song)`` follows each track.
     """
     songs = _named(default_songs() if midi_files is None else midi_files)
     if not 8000 <= sample_rate <= 96000:
@@ -393,6 +403,9 @@ def write_midi_dataset(
         zip(parsed.items(), chosen, strict=True)
     ):
         track_url = storage.join(url, split, name)
+        for other in splits:
+            if other != split:
+                storage.remove(storage.join(url, other, name), missing_ok=True)
         try:
             frames = _write_song(
                 midi, channels, track_url, sample_rate, seconds, fmt, fluidsynth, soundfont

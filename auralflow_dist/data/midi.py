@@ -40,8 +40,8 @@ BASS_PROGRAMS = range(32, 40)  # GM 33-40 (acoustic to synth bass), 0-based
 # sounds in every song (a role such as "the lead melody" made a brass section and a woodblock
 # the test songs' vocals, a sound no training song's vocals had).
 VOICE_PROGRAMS = (*range(52, 55), *range(80, 88))
-# A part whose median note is below C3 plays the bass line, whatever its program: MUSDB puts a
-# synth lead doubling the bass in ``bass``. (planetblupi's music009 has its only bass line on GM 88,
+# A voice or lead whose median note is below C3 plays the bass line: MUSDB puts a synth lead
+# doubling the bass in ``bass``. (planetblupi's music009 has its only bass line on GM 88,
 # "bass + lead", at G1; as vocals it taught the vocals model to take the bass.)
 BASS_REGISTER = 48  # MIDI note C3
 
@@ -366,8 +366,8 @@ def write_midi_dataset(
     ``seconds`` keeps each song's first seconds, else the whole song plays out to its last echo.
     Each 16-bit track holds ``mixture == sum(stems)`` exactly and peaks at most at 0.9. A song
     rendered into another split of ``url`` before (when the rules or the songs were different) is
-    removed from there, so no song is in two splits. Returns the track folder URLs in song order;
-    ``progress(done, total, song)`` follows each track.
+    removed from there once its new track is written, so no song is in two splits. Returns the
+    track folder URLs in song order; ``progress(done, total, song)`` follows each track.
     """
     songs = _named(default_songs() if midi_files is None else midi_files)
     if not 8000 <= sample_rate <= 96000:
@@ -403,15 +403,16 @@ def write_midi_dataset(
         zip(parsed.items(), chosen, strict=True)
     ):
         track_url = storage.join(url, split, name)
-        for other in splits:
-            if other != split:
-                storage.remove(storage.join(url, other, name), missing_ok=True)
         try:
             frames = _write_song(
                 midi, channels, track_url, sample_rate, seconds, fmt, fluidsynth, soundfont
             )
         except MidiError as err:
             raise MidiError(f"{songs[name]}: {err}") from None
+        # Only once the new track is written: a failed render leaves the old one in place.
+        for other in splits:
+            if other != split:
+                storage.remove(storage.join(url, other, name), missing_ok=True)
         urls.append(track_url)
         if progress is not None:
             song = RenderedSong(name, split, track_url, frames / sample_rate, channels)

@@ -440,7 +440,7 @@ class OptimConfig:
 
     max_epochs: int = option(100, "epochs to train")
     max_minutes: float | None = option(
-        None, "stop after the epoch that passes this many minutes of training (all runs of it)"
+        None, "stop training mid-epoch at this many minutes (over all runs), then validate"
     )
     lr: float = option(0.01, "learning rate")
     lr_lstm: float = option(1e-5, "learning rate of LSTM bottleneck parameters")

@@ -9,7 +9,7 @@ the test songs (medians, as `auralflow test` reports them):
   ideal ratio mask |S_t| / sum_j |S_j| on the mixture's STFT with the mixture's phase, at the
   model's STFT settings: the best a magnitude mask at those settings can do;
 - each recipe's SI-SDR improvement after training each target alone for ``--minutes`` of
-  wall-clock (``--max-minutes``: the epoch that passes it is the last) on this machine, one
+  wall-clock (``--max-minutes``: training stops at the step that reaches it) on this machine, one
   Ray Train worker with every CPU (or one GPU), one target after another, scored together by
   `evaluate`, and its share of the oracle's improvement. A recipe is a ``config --preset``
   with fields changed: ``PRESET[:key=value,...]``.

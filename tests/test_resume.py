@@ -1,5 +1,5 @@
-"""Exact resume: 2 epochs straight equal 1 epoch (ended by the minutes budget), a resume and 1
-more, weight for weight.
+"""Exact resume: 2 epochs straight equal 1 epoch, a resume and 1 more, weight for weight; and
+the minutes budget, which cuts its last epoch short.
 
 On one training worker: with more, `streaming_split` hands blocks to whichever rank asks first,
 so even two uninterrupted runs differ in which rank trains on which chunks (an epoch's chunks
@@ -8,6 +8,7 @@ stay the same). Parallel decoding is exact: the pipeline preserves block and bat
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -72,20 +73,9 @@ def test_a_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(tmp_path, d
     # warnings, while the checkpoint is reported and the run resumes from it.
     for blocked in ("spectrogram", "runs"):
         storage.write_bytes(storage.join(stopped, blocked), b"not a folder")
-    # The minutes budget stops this run after its first epoch (which passes 6 ms).
-    first = _run(
-        stopped, dataset, max_epochs=2, max_minutes=1e-4, tensorboard=True, view_epoch=True
-    )
-    assert first.epochs == 1 and first.metrics["out_of_time"]
-    assert "(the --max-minutes budget)" in first.summary()
-    assert b'"out_of_time"' in storage.read_bytes(storage.join(stopped, "train_status.json"))
+    first = _run(stopped, dataset, max_epochs=1, tensorboard=True, view_epoch=True)
+    assert first.epochs == 1 and not first.metrics["out_of_time"]
     spent = LoopState(**sessions.read_state(_checkpoint(stopped, 1)))
-    assert spent.epoch == 1 and spent.train_seconds > 6e-3
-    # A resume whose budget is already spent trains nothing, and says so with the last figures.
-    idle = _run(stopped, dataset, resume=True, max_epochs=2, max_minutes=1e-4)
-    assert (idle.trained, idle.epochs, idle.best_epoch) == (0, 1, 1)
-    assert idle.summary().startswith("nothing left to train: the --max-minutes budget is spent")
-    assert "nan" not in idle.summary()
     resumed = _run(stopped, dataset, resume=True, max_epochs=2)
     assert first.run == resumed.run  # the same Ray Train run continued
     assert (resumed.trained, resumed.epochs) == (1, 2)
@@ -110,3 +100,24 @@ def test_a_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(tmp_path, d
     best_weights = _weights(storage.join(stopped, sessions.BEST))
     for name, value in _weights(_checkpoint(stopped, best)).items():
         torch.testing.assert_close(best_weights[name], value, rtol=0, atol=0, msg=name)
+
+
+def test_the_minutes_budget_ends_the_epoch_mid_way_and_a_spent_one_trains_nothing(
+    tmp_path, dataset
+):
+    session = str(tmp_path / "budget")
+    # 6 ms: the first step passes it, and the epoch of 8 steps ends there, validated.
+    first = _run(session, dataset, max_epochs=2, max_minutes=1e-4)
+    assert first.epochs == 1 and first.metrics["out_of_time"]
+    assert first.metrics["train_batches"] == 1
+    assert math.isfinite(first.metrics["val_loss"])
+    assert "(the --max-minutes budget)" in first.summary()
+    assert b'"out_of_time"' in storage.read_bytes(storage.join(session, "train_status.json"))
+    spent = LoopState(**sessions.read_state(_checkpoint(session, 1)))
+    assert spent.epoch == 1 and spent.global_step == 1 and spent.train_seconds > 6e-3
+    assert storage.exists(storage.join(session, sessions.BEST, "weights.pt"))
+    # A resume whose budget is already spent trains nothing, and says so with the last figures.
+    idle = _run(session, dataset, resume=True, max_epochs=2, max_minutes=1e-4)
+    assert (idle.trained, idle.epochs, idle.best_epoch) == (0, 1, 1)
+    assert idle.summary().startswith("nothing left to train: the --max-minutes budget is spent")
+    assert "nan" not in idle.summary()

@@ -147,6 +147,18 @@ def test_nan_loss_stops_clearly_and_keeps_the_last_good_checkpoint(tmp_path, dat
 
 @pytest.mark.slow
 @on_ray
+def test_the_minutes_budget_stops_every_worker_at_the_same_step(tmp_path, dataset):
+    """A rank that stopped alone would leave the other waiting in DDP's all-reduce."""
+    session = str(tmp_path / "s")
+    write_model_config(session, model_config())
+    trainer = trainer_config(max_epochs=3, max_minutes=1e-4)  # 6 ms: the first step passes it
+    result = train(session, dataset, model_config(), trainer)
+    assert result.epochs == 1 and result.metrics["out_of_time"]
+    assert result.metrics["train_batches"] == 2  # one step on each of the 2 ranks, of 6
+
+
+@pytest.mark.slow
+@on_ray
 def test_a_silent_validation_target_is_warned_of_once(tmp_path, capsys):
     """A valid split without the target picks its best epoch on silence: the log says so."""
     quiet = tmp_path / "quiet"

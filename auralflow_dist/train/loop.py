@@ -64,9 +64,15 @@ def _slowest(seconds: float, device: torch.device) -> float:
     return float(tensor.item())
 
 
-def _out_of_time(trainer: TrainerConfig, loop: ckpt_state.LoopState) -> bool:
+def _seconds_left(trainer: TrainerConfig, loop: ckpt_state.LoopState) -> float | None:
+    """What is left of the ``--max-minutes`` budget (None: no budget)."""
     budget = trainer.optim.max_minutes
-    return budget is not None and loop.train_seconds >= budget * 60
+    return None if budget is None else budget * 60 - loop.train_seconds
+
+
+def _out_of_time(trainer: TrainerConfig, loop: ckpt_state.LoopState) -> bool:
+    left = _seconds_left(trainer, loop)
+    return left is not None and left <= 0
 
 
 def seed_epoch(seed: int, epoch: int, rank: int) -> int:
@@ -107,6 +113,7 @@ def _train_epoch(
         stats=stats,
         shuffle_seed=shuffle_seed,
     )
+    seconds_left = _seconds_left(trainer, loop)
     for mixture, target in batches:
         wait += time.perf_counter() - tick
         model.set_data(mixture, target)
@@ -130,6 +137,11 @@ def _train_epoch(
         if reporter is not None:
             reporter.step(loop.global_step, loss, grad_norm, mixture.shape[0])
         tick = time.perf_counter()
+        # The budget ends the epoch mid-way: an epoch of real songs can last longer than the
+        # budget itself. The slowest rank's clock decides, so every rank stops at the same step
+        # (DDP's next all-reduce would wait forever for a rank that stopped alone).
+        if seconds_left is not None and _slowest(tick - start, device) >= seconds_left:
+            break
     elapsed = time.perf_counter() - start
     loss_sum, count, samples, wait_sum, time_sum, nonfinite, silent = _all_reduce(
         [loss_sum, count, samples, wait, elapsed, nonfinite, stats.silent_dropped], device

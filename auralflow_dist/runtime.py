@@ -25,6 +25,27 @@ DATA_CPU_HEADROOM = 2
 # Our workers are the node's work, so they run at the control plane's priority. Cluster
 # configs set the same through ``RAY_worker_niceness=0`` (cluster/).
 WORKER_NICENESS = 0
+# Ray ends a task worker idle for 1 s once a node runs more workers than it has CPUs, and a
+# training run's actors (Train's controller and worker, Ray Data's coordinators) already are
+# more. So each epoch's decode tasks, idle through validation and the checkpoint, started in
+# fresh workers that imported torch again: 12 worker starts in two timed epochs of the
+# throughput bench, 0.16 of a core (docs/benchmarks.md). Ten minutes outlast an epoch's idle
+# tail and its validation (two did not: a CPU epoch's decoding ends well before the epoch).
+IDLE_WORKER_KEEP_MS = 600_000
+# Every Ray process costs about 0.009 of a core while idle (its main thread checks for signals
+# every 10 ms, fixed in Ray), so on one machine the processes that serve nothing go: the
+# preemption watcher (no node of a local instance is drained) and the two workers Ray starts
+# ahead for the first driver's tasks with no runtime env (ours all have one, and actors start
+# their own workers). Of the rest, the log monitor globbed the log folder every 0.1 s and the
+# dashboard agent collected every process's metrics every 10 s; less often, each costs half
+# (measured on an idle instance with 12 actors). New log files are found within 2 s, and
+# nothing here reads Ray's metrics more often than every 60 s.
+LOCAL_ENV = {
+    "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
+    "RAY_LOG_MONITOR_MANY_FILES_THRESHOLD": "0",
+    "LOG_NAME_UPDATE_INTERVAL_S": "2",
+}
+LOCAL_METRICS_REPORT_MS = 60_000
 # A local instance runs no dashboard, so Ray's state API has no server on it: with no address
 # set, Ray Train's placement-group cleaner looks for one through /tmp/ray/ray_current_cluster,
 # which a past ``ray start`` leaves behind. A stale one cost 40 s a query and stalled every
@@ -52,6 +73,8 @@ def connect(address: str | None = None, reserved_cpus: float = 0.0) -> None:
         _init(address=address, log_to_driver=True)
         return
     cpus = max(os.cpu_count() or 1, int(reserved_cpus + 0.999) + DATA_CPU_HEADROOM)
+    for name, value in LOCAL_ENV.items():  # Ray's processes inherit the driver's environment
+        os.environ.setdefault(name, value)
     # "local": a fresh instance, never a stale one some earlier `ray start` left behind.
     with isolated_state_api():
         _init(
@@ -59,7 +82,12 @@ def connect(address: str | None = None, reserved_cpus: float = 0.0) -> None:
             num_cpus=cpus,
             include_dashboard=False,
             log_to_driver=True,
-            _system_config={"worker_niceness": WORKER_NICENESS},
+            _system_config={
+                "worker_niceness": WORKER_NICENESS,
+                "idle_worker_killing_time_threshold_ms": IDLE_WORKER_KEEP_MS,
+                "metrics_report_interval_ms": LOCAL_METRICS_REPORT_MS,
+                "prestart_worker_first_driver": False,
+            },
         )
 
 

@@ -19,6 +19,8 @@ import ray.autoscaler
 import yaml
 from ray.autoscaler._private.util import prepare_config, validate_config
 
+from auralflow_dist.runtime import IDLE_WORKER_KEEP_MS as IDLE_KEEP
+
 REPO = Path(__file__).resolve().parents[1]
 CLUSTER = REPO / "cluster"
 KUBERAY = CLUSTER / "kuberay"
@@ -191,18 +193,22 @@ def test_service_account_carries_a_cloud_identity_annotation() -> None:
 
 
 @pytest.mark.parametrize("name", LAUNCHER)
-def test_launcher_runs_workers_at_the_control_planes_priority(name: str) -> None:
+def test_launcher_runs_workers_at_the_control_planes_priority_and_keeps_idle_ones(
+    name: str,
+) -> None:
     options = load(CLUSTER / name)["docker"]["run_options"]
     assert "--env RAY_worker_niceness=0" in options
+    assert f"--env RAY_idle_worker_killing_time_threshold_ms={IDLE_KEEP}" in options
 
 
-def test_raycluster_runs_workers_at_the_control_planes_priority() -> None:
+def test_raycluster_runs_workers_at_the_control_planes_priority_and_keeps_idle_ones() -> None:
     settings = next(
         d
         for d in yaml.safe_load_all((KUBERAY / "raycluster.yaml").read_text())
         if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "auralflow-settings"
     )
     assert settings["data"]["RAY_worker_niceness"] == "0"
+    assert settings["data"]["RAY_idle_worker_killing_time_threshold_ms"] == str(IDLE_KEEP)
 
 
 def test_no_secret_values_inline() -> None:

@@ -114,7 +114,9 @@ def test_local_instance_runs_workers_at_the_control_planes_priority_and_off_othe
 ):
     """Ray Train's placement-group cleaner asks the state API, every second, whether the run's
     controller lives. Sent to a past ``ray start``'s address (its /tmp/ray/ray_current_cluster),
-    a query hung 40 s and every run's end 14 s; on a live other cluster it would read "dead"."""
+    a query hung 40 s and every run's end 14 s; on a live other cluster it would read "dead".
+    Ray's processes also inherit the local settings that keep them quiet, where the user has not
+    set their own."""
     code = """
 import os, time, ray
 from auralflow_dist import runtime
@@ -128,16 +130,19 @@ def probe():
         get_actor("0" * 32, timeout=10)
     except Exception:
         pass
-    return os.nice(0), os.environ.get("RAY_API_SERVER_ADDRESS"), time.monotonic() - start
+    local = ",".join(f"{k}={os.environ.get(k)}" for k in sorted(runtime.LOCAL_ENV))
+    return os.nice(0), os.environ.get("RAY_API_SERVER_ADDRESS"), time.monotonic() - start, local
 
-nice, api, seconds = ray.get(probe.remote())
-print(nice, os.nice(0), api, os.environ.get("RAY_API_SERVER_ADDRESS"), f"{seconds:.3f}")
+nice, api, seconds, local = ray.get(probe.remote())
+print(nice, os.nice(0), api, os.environ.get("RAY_API_SERVER_ADDRESS"), f"{seconds:.3f}", local)
 ray.shutdown()
 """
     if os.nice(0) >= 15:
         pytest.skip("this process already runs at Ray's default worker niceness or lower")
-    env = {"RAY_AUTH_MODE": "disabled"}
-    worker, driver, api, driver_api, seconds = _python(code, env).split()
+    env = {"RAY_AUTH_MODE": "disabled", "LOG_NAME_UPDATE_INTERVAL_S": "5"}
+    worker, driver, api, driver_api, seconds, local = _python(code, env).split()
+    expected = {**runtime.LOCAL_ENV, "LOG_NAME_UPDATE_INTERVAL_S": "5"}  # the user's own wins
+    assert local == ",".join(f"{k}={v}" for k, v in sorted(expected.items()))
     assert worker == driver
     assert api == runtime.NO_STATE_API and driver_api == "None"  # the driver's own is untouched
     assert float(seconds) < 2.0

@@ -110,6 +110,7 @@ export AWS_EC2_METADATA_DISABLED=true
 export RAY_AUTH_MODE=disabled
 export RAY_USAGE_STATS_ENABLED=0
 export RAY_worker_niceness=0  # workers at the control plane's priority (see runtime.py)
+export RAY_idle_worker_killing_time_threshold_ms=600000  # decode workers outlast a validation
 
 # A signed bucket creation proves master, volume, filer and S3 gateway are all serving.
 "$PY" - "s3://$BUCKET" <<'EOF' || die "S3 did not come up; see $STATE/weed.log"
